@@ -1,0 +1,40 @@
+"""Names every part relies on (design.md, "Names that everyone relies on").
+
+One source of truth: the device plugins, the Serve app, the shim helper and the
+KubeRay manifests all read these, and a test checks the manifests against them.
+"""
+
+from __future__ import annotations
+
+# Kubernetes extended resources.
+GPU_RESOURCE = "keti.re.kr/gpu-pct"
+NPU_RESOURCE = "keti.re.kr/npu"
+GPU_UNITS_PER_DEVICE = 100  # SM percent units per physical GPU
+
+# Environment variables.
+ENV_BLESS_LIMIT_PCT = "BLESS_LIMIT_PCT"
+ENV_VAI_MEMORY_LIMIT = "VAI_MEMORY_LIMIT"
+ENV_VAI_STATUS_DIR = "VAI_STATUS_DIR"
+ENV_VAI_LOG_LEVEL = "VAI_LOG_LEVEL"
+ENV_LD_PRELOAD = "LD_PRELOAD"
+ENV_MPS_PIPE_DIRECTORY = "CUDA_MPS_PIPE_DIRECTORY"
+ENV_MPS_LOG_DIRECTORY = "CUDA_MPS_LOG_DIRECTORY"
+ENV_NPU_DEVICE_COUNT = "NPU_DEVICE_COUNT"
+ENV_API_PORT = "API_PORT"
+ENV_GPU_UUID = "GPU_UUID"
+ENV_NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+ENV_TOKEN = "KETI_RAY_TOKEN"
+
+# Files and directories (defaults on a node / inside a container).
+SHIM_LIBRARY_NAME = "libvai_accelerator.so"
+SHIM_CONTAINER_PATH = "/usr/local/vai/" + SHIM_LIBRARY_NAME
+DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+KUBELET_SOCKET_NAME = "kubelet.sock"
+MPS_PIPE_DIR = "/tmp/nvidia-mps"
+MPS_LOG_DIR = "/var/log/nvidia-mps"
+VAI_STATUS_HOST_DIR = "/var/run/keti-ray/vai-status"
+
+# Ray custom resource carried by each GPU/NPU node that runs a NodeAgent.
+RAY_NODE_RESOURCE = "keti_node"
+
+DEFAULT_API_PORT = 8000
