@@ -82,7 +82,9 @@ def _strict_walk(node: Any) -> None:
         props = node.setdefault("properties", {})
         props.setdefault("apiVersion", {"type": "string"})
         props.setdefault("kind", {"type": "string"})
-        props.setdefault("metadata", {"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+        props.setdefault(
+            "metadata", {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        )
     props = node.get("properties")
     if isinstance(props, dict) and isinstance(node.get("required"), list):
         # The API server applies defaults before it validates.
@@ -123,7 +125,8 @@ def _list_type(validator: Any, list_type: str, instance: Any, schema: dict[str, 
                 continue
             key = tuple(item.get(k, item_props.get(k, {}).get("default")) for k in keys)
             if key in seen_keys:
-                yield ValidationError(f"duplicate entry with {dict(zip(keys, key))} in a list map")
+                entry = dict(zip(keys, key, strict=True))
+                yield ValidationError(f"duplicate entry with {entry} in a list map")
             seen_keys.add(key)
 
 
@@ -215,7 +218,9 @@ def present(doc: Any, path: tuple[str, ...]) -> bool:
         return True
     head, rest = path[0], path[1:]
     if head == "*":
-        values = doc if isinstance(doc, list) else list(doc.values()) if isinstance(doc, dict) else []
+        values = (
+            doc if isinstance(doc, list) else list(doc.values()) if isinstance(doc, dict) else []
+        )
         return any(present(v, rest) for v in values)
     return isinstance(doc, dict) and head in doc and present(doc[head], rest)
 

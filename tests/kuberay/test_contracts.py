@@ -51,8 +51,10 @@ def pod_specs(m: Manifest) -> Iterator[tuple[str, dict[str, Any]]]:
     elif m.kind == "Pod":
         yield m.where(), spec
     elif m.kind in ("RayCluster", "RayService", "RayJob"):
-        cluster = spec if m.kind == "RayCluster" else spec.get(
-            "rayClusterConfig" if m.kind == "RayService" else "rayClusterSpec"
+        cluster = (
+            spec
+            if m.kind == "RayCluster"
+            else spec.get("rayClusterConfig" if m.kind == "RayService" else "rayClusterSpec")
         )
         if cluster:
             yield f"{m.where()} head", cluster["headGroupSpec"]["template"]["spec"]
@@ -120,7 +122,11 @@ def test_workloads_request_gpu_pct(manifests: list[Manifest], letter: str) -> No
     assert c["command"] == [f"/opt/keti/workloads/workload-{letter}"]
     assert pod["spec"]["schedulerName"] == "keti-scheduler"
     # The plugin's Allocate sets these; a pod that set them would fight it.
-    assert not set(env_of(c)) & {C.ENV_LD_PRELOAD, C.ENV_BLESS_LIMIT_PCT, C.ENV_NVIDIA_VISIBLE_DEVICES}
+    assert not set(env_of(c)) & {
+        C.ENV_LD_PRELOAD,
+        C.ENV_BLESS_LIMIT_PCT,
+        C.ENV_NVIDIA_VISIBLE_DEVICES,
+    }
 
 
 def test_npu_test_requests_one_npu(manifests: list[Manifest]) -> None:
@@ -146,7 +152,10 @@ def test_env_names_come_from_constants(manifests: list[Manifest]) -> None:
 
 @pytest.mark.parametrize(
     ("name", "kind", "socket"),
-    [("keti-gpu-plugin", "gpu", C.GPU_PLUGIN_SOCKET), ("keti-npu-plugin", "npu", C.NPU_PLUGIN_SOCKET)],
+    [
+        ("keti-gpu-plugin", "gpu", C.GPU_PLUGIN_SOCKET),
+        ("keti-npu-plugin", "npu", C.NPU_PLUGIN_SOCKET),
+    ],
 )
 def test_plugin_daemonset(manifests: list[Manifest], name: str, kind: str, socket: str) -> None:
     ds = daemonset(manifests, name)
@@ -180,7 +189,10 @@ def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> Non
     for c in spec["containers"]:
         env = env_of(c)
         # Every env var that names a directory points where that directory is mounted.
-        for var, vol in ((C.ENV_MPS_PIPE_DIRECTORY, "mps-pipe"), (C.ENV_VAI_STATUS_DIR, "vai-status")):
+        for var, vol in (
+            (C.ENV_MPS_PIPE_DIRECTORY, "mps-pipe"),
+            (C.ENV_VAI_STATUS_DIR, "vai-status"),
+        ):
             assert env[var] == mount_path(c, vol) == host[vol]
         assert env[C.ENV_NVIDIA_VISIBLE_DEVICES] == "all"
     # The shim comes from the ConfigMap that `keti-ray shim configmap` prints.

@@ -57,14 +57,18 @@ def _head_container(doc: dict) -> dict:
         # Misspelt top-level spec field: the API server would drop it silently.
         ("RayService", lambda d: d["spec"].update(serveConfigv2="x"), "serveConfigv2"),
         # Unknown field deep in the embedded pod template.
-        ("RayCluster", lambda d: _head_container(d).update(imagePullPolicyy="Always"), "imagePullPolicyy"),
+        (
+            "RayCluster",
+            lambda d: _head_container(d).update(imagePullPolicyy="Always"),
+            "imagePullPolicyy",
+        ),
         # Unknown field in a worker group.
         (
             "RayService",
             lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(replica=3),
             "replica",
         ),
-        # Unknown field under a securityContext (an object with properties, no additionalProperties).
+        # Unknown field in a securityContext (object with properties, no additionalProperties).
         (
             "RayCluster",
             lambda d: _head_container(d).update(securityContext={"privilegedd": True}),
@@ -201,7 +205,10 @@ def test_list_type_set_and_map() -> None:
                 "x-kubernetes-list-map-keys": ["k", "p"],
                 "items": {
                     "type": "object",
-                    "properties": {"k": {"type": "string"}, "p": {"type": "string", "default": "T"}},
+                    "properties": {
+                        "k": {"type": "string"},
+                        "p": {"type": "string", "default": "T"},
+                    },
                 },
             },
         },
