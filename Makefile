@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Until the Serve allocator lands, the main job is the replay: FGD vs BestFit on the default trace.
 up: install
-	$(VENV)/bin/keti-ray up
+	$(VENV)/bin/keti-ray eval --policy fgd,bestfit --seeds 42-51 --workers 2
 
 test: install
 	$(VENV)/bin/ruff check .
@@ -32,6 +33,7 @@ format: install
 
 bench: install
 	$(PY) bench/replay.py
+	$(PY) bench/eval_openb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
