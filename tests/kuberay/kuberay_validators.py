@@ -38,10 +38,12 @@ import yaml
 from jsonschema import Draft7Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-# The repository sits beside shared/ (design.md: ../shared/k8s/crds); KETI_CRD_DIR overrides.
+# shared/ sits beside the repository (design.md: ../shared/k8s/crds), or inside it; KETI_CRD_DIR
+# overrides. Tests that need the CRDs skip, naming this path, when none is found.
+_REPO = Path(__file__).resolve().parents[2]
+_CANDIDATES = [_REPO.parent / "shared" / "k8s" / "crds", _REPO / "shared" / "k8s" / "crds"]
 CRD_DIR = Path(
-    os.environ.get("KETI_CRD_DIR")
-    or Path(__file__).resolve().parents[2].parent / "shared" / "k8s" / "crds"
+    os.environ.get("KETI_CRD_DIR") or next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0])
 )
 
 CRD_FILES = {
