@@ -23,6 +23,7 @@ from keti_ray.allocators.base import Allocator
 from keti_ray.cluster import ClusterState, ModelError, NodeSpec, Placement, PodRequest
 from keti_ray.fragmentation import FragmentationModel, TypicalPods, fragmentation_pct
 from keti_ray.podenv import gpu_memory_mib, gpu_pod_env, simulated_gpu_uuid, sm_pct_for_milli
+from keti_ray.telemetry import TelemetryStore
 
 DEFAULT_MECHANISM = "mps"
 
@@ -115,6 +116,7 @@ class AllocationService:
         policy: PolicySpec | None = None,
         journal: str | Path | None = None,
         seed: int = 0,
+        telemetry: TelemetryStore | None = None,
     ) -> None:
         self.state = ClusterState(nodes)
         self.typical = typical or TypicalPods.default()
@@ -136,6 +138,9 @@ class AllocationService:
         self.journal_path = Path(journal) if journal else None
         if self.journal_path is not None:
             self._replay_journal()
+        self.telemetry = telemetry
+        self._events: list[dict] = []
+        self._last_event_push = time.monotonic()
 
     # ---- policy ------------------------------------------------------------------------
 
@@ -209,10 +214,12 @@ class AllocationService:
 
     def release(self, name: str) -> bool:
         with self._lock:
+            entry = self.state.placements.get(name)
             placement = self.state.release(name)
-            if placement is None:
+            if placement is None or entry is None:
                 return False
             self._journal({"op": "release", "pod": name})
+            self._event("release", entry[0], placement.node, None)
             self._metrics.releases.inc()
             return True
 
@@ -331,6 +338,41 @@ class AllocationService:
                     score = min(9, int(scores[row]) // 10)
                 out.append({"Host": name, "Score": score})
             return out
+
+    # ---- telemetry -----------------------------------------------------------------------
+
+    def _event(self, op: str, pod: PodRequest, node: int, ms: float | None) -> None:
+        """Queue an allocator event for the telemetry store; pushed in batches."""
+        if self.telemetry is None:
+            return
+        self._events.append(
+            {
+                "time": time.time(),
+                "node": self.state.names[node],
+                "op": op,
+                "pod": pod.name,
+                "policy": self.policy_version,
+                "cpu_milli": pod.cpu_milli,
+                "memory_mib": pod.memory_mib,
+                "num_gpu": pod.num_gpu,
+                "gpu_milli": pod.gpu_milli,
+                "gpu_spec": "|".join(sorted(pod.gpu_spec)),
+                "decision_ms": ms,
+                "unallocated_gpu_pct": self.state.unallocated_gpu_pct(),
+            }
+        )
+        if len(self._events) >= 256 or time.monotonic() - self._last_event_push > 1.0:
+            self.push_events()
+
+    def push_events(self) -> int:
+        """Hand queued events to the telemetry store (durable once this returns)."""
+        with self._lock:
+            if self.telemetry is None or not self._events:
+                return 0
+            events, self._events = self._events, []
+            self._last_event_push = time.monotonic()
+            events[-1]["frag_pct"] = fragmentation_pct(self.state, self._frag_model)
+            return self.telemetry.push("events", events)
 
     # ---- journal -------------------------------------------------------------------------
 
