@@ -194,6 +194,7 @@ class AllocationService:
                         "placement": placement_to_dict(placement),
                     }
                 )
+                self._event("allocate", pod, placement.node, elapsed * 1000)
             self._metrics.decisions.labels(
                 self.policy_version, "dry_run" if dry_run else "placed"
             ).inc()
