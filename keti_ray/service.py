@@ -23,6 +23,7 @@ from keti_ray.allocators.base import Allocator
 from keti_ray.cluster import ClusterState, ModelError, NodeSpec, Placement, PodRequest
 from keti_ray.fragmentation import FragmentationModel, TypicalPods, fragmentation_pct
 from keti_ray.podenv import gpu_memory_mib, gpu_pod_env, simulated_gpu_uuid, sm_pct_for_milli
+from keti_ray.promotion import read_pointer
 from keti_ray.telemetry import TelemetryStore
 
 DEFAULT_MECHANISM = "mps"
@@ -63,18 +64,30 @@ class PolicySpec:
 
     name: str = "fgd"
     checkpoint: str | None = None
+    sha256: str | None = None
+    pointer: str | None = None
 
     @classmethod
     def from_config(cls, config: dict | None) -> PolicySpec:
+        """From a Serve user_config: {"policy": NAME}, {"checkpoint": PATH, "sha256": HEX},
+        or {"pointer": PATH} (a serving pointer written by `keti-ray retrain`)."""
         config = dict(config or {})
-        unknown = set(config) - {"policy", "checkpoint"}
+        unknown = set(config) - {"policy", "checkpoint", "sha256", "pointer"}
         if unknown:
             raise ValueError(
-                f"user_config: unknown key(s) {sorted(unknown)}; accepted: policy, checkpoint"
+                f"user_config: unknown key(s) {sorted(unknown)}; "
+                "accepted: policy, checkpoint, sha256, pointer"
             )
+        if config.get("pointer"):
+            return cls.from_pointer(config["pointer"])
         checkpoint = config.get("checkpoint")
         name = config.get("policy") or ("ppo" if checkpoint else "fgd")
-        return cls(name=name, checkpoint=checkpoint)
+        return cls(name=name, checkpoint=checkpoint, sha256=config.get("sha256"))
+
+    @classmethod
+    def from_pointer(cls, path: str) -> PolicySpec:
+        record = read_pointer(path)
+        return cls(record["policy"], record.get("checkpoint"), record.get("sha256"), str(path))
 
 
 @dataclass
@@ -170,6 +183,19 @@ class AllocationService:
             self.policy, self.policy_version, self.policy_error = allocator, version, error
             self.policy_spec = spec
         return version
+
+    def refresh_pointer(self) -> str:
+        """Follow a serving pointer that a retrain has switched since the last look."""
+        pointer = self.policy_spec.pointer
+        if pointer:
+            try:
+                spec = PolicySpec.from_pointer(pointer)
+            except ValueError as exc:
+                self.policy_error = str(exc)
+                return self.policy_version
+            if spec != self.policy_spec:
+                self.set_policy(spec)
+        return self.policy_version
 
     # ---- decisions ---------------------------------------------------------------------
 
@@ -405,6 +431,17 @@ class AllocationService:
                     self.state.allocate(pod, placement)
             elif record.get("op") == "release":
                 self.state.release(record["pod"])
+
+
+def load_ppo(spec: PolicySpec, typical: TypicalPods, seed: int) -> tuple[Allocator, str]:
+    """The PPO allocator of a verified checkpoint and its version `ppo@<digest[:12]>`."""
+    from keti_ray.rl.checkpoint import verify_checkpoint
+    from keti_ray.rl.policy import DEFAULT_CHECKPOINT, load_ppo_allocator
+
+    root = spec.checkpoint or DEFAULT_CHECKPOINT
+    manifest = verify_checkpoint(root, expected_sha256=spec.sha256)
+    allocator = load_ppo_allocator(root, typical=typical, seed=seed)
+    return allocator, f"ppo@{manifest['checkpoint_sha256'][:12]}"
 
 
 def describe(pod: PodRequest) -> str:

@@ -73,15 +73,18 @@ class AllocatorState:
             journal=source.journal,
             telemetry=telemetry,
         )
-        if telemetry is not None:
-            threading.Thread(target=self._flush_loop, args=(telemetry,), daemon=True).start()
+        self.telemetry = telemetry
+        threading.Thread(target=self._maintenance_loop, daemon=True).start()
 
-    def _flush_loop(self, telemetry: TelemetryStore, period_s: float = 2.0) -> None:
-        """Push queued events and turn the log into Parquet every couple of seconds."""
+    def _maintenance_loop(self, period_s: float = 2.0) -> None:
+        """Every couple of seconds: follow the serving pointer, push queued events and turn
+        the telemetry log into Parquet."""
         stop = threading.Event()
         while not stop.wait(period_s):
-            self.service.push_events()
-            telemetry.flush()
+            self.service.refresh_pointer()
+            if self.telemetry is not None:
+                self.service.push_events()
+                self.telemetry.flush()
 
     def allocate(self, pod: PodRequest, dry_run: bool) -> dict:
         try:
