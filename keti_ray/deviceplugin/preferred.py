@@ -1,0 +1,75 @@
+"""Which GPU of this node should serve a request: FGD locally, best-fit as the fallback.
+
+GetPreferredAllocation only sees the node's own free units (kubelet's available device IDs),
+so "FGD locally" means: build a one-node cluster state whose GPUs have exactly those free
+shares and ask the FGD allocator (keti_ray.allocators, on main) where the request goes.
+Where that module is not importable, `best_fit` is used: the fullest GPU that still fits,
+which keeps whole GPUs free, the same direction FGD pushes in.
+Units here are SM-percent units (100 per GPU); conversion to milli is explicit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from keti_ray.deviceplugin.units import units_to_milli
+
+log = logging.getLogger(__name__)
+
+# free units per GPU (-1 = not usable) and requested units (1..100) -> chosen GPU index or None
+Chooser = Callable[[Sequence[int], int], "int | None"]
+
+
+def best_fit(free_units: Sequence[int], units: int) -> int | None:
+    """The GPU with the least free units that still fits `units` (ties: lowest index)."""
+    best: int | None = None
+    for i, free in enumerate(free_units):
+        if free >= units and (best is None or free < free_units[best]):
+            best = i
+    return best
+
+
+class FgdChooser:
+    """FGD from keti_ray.allocators on a one-node state built from the free units."""
+
+    def __init__(self, gpu_model: str = "", cpu_milli: int = 10**9, memory_mib: int = 10**9):
+        from keti_ray.allocators import make_allocator
+        from keti_ray.cluster import ClusterState, NodeSpec, PodRequest
+
+        self._ClusterState = ClusterState
+        self._NodeSpec = NodeSpec
+        self._PodRequest = PodRequest
+        self._alloc = make_allocator("fgd", typical=None)
+        self._model = gpu_model
+        self._cpu = cpu_milli
+        self._mem = memory_mib
+
+    def __call__(self, free_units: Sequence[int], units: int) -> int | None:
+        n = len(free_units)
+        if n == 0:
+            return None
+        spec = self._NodeSpec("local", self._cpu, self._mem, n, self._model)
+        state = self._ClusterState.from_specs([spec])
+        for i, free in enumerate(free_units):
+            # units -> milli; an unusable GPU gets 0 free milli, so FGD never picks it
+            state.gpu_free[0, i] = units_to_milli(free) if free >= 0 else 0
+        pod = self._PodRequest("preferred", 0, 0, 1, units_to_milli(units), gpu_spec=frozenset())
+        placement = self._alloc.place(state, pod)
+        if placement is None or not placement.gpus:
+            return None
+        chosen = int(placement.gpus[0])
+        if not 0 <= chosen < n or free_units[chosen] < units:
+            log.warning(
+                "FGD chose GPU %s which cannot hold %d units; using best fit", chosen, units
+            )
+            return best_fit(free_units, units)
+        return chosen
+
+
+def make_chooser(gpu_model: str = "") -> tuple[Chooser, str]:
+    """FGD when the allocator package is importable, else best fit; returns (chooser, name)."""
+    try:
+        return FgdChooser(gpu_model), "fgd"
+    except ImportError:
+        return best_fit, "best-fit"
