@@ -98,11 +98,21 @@ class GpuPlugin(DevicePluginServer):
         probe_interval_s: float = 5.0,
         recovery_probes: int = 3,
         on_allocate: Callable[[GpuAllocation], None] | None = None,
+        only_uuids: Sequence[str] | None = None,
         **server_kw: object,
     ) -> None:
         super().__init__(plugin_dir, endpoint, **server_kw)
         self.backend = backend
-        self.gpus: list[GpuInfo] = backend.discover()
+        found = backend.discover()
+        if only_uuids:  # GPU_UUID: serve just these GPUs of the node
+            missing = sorted(set(only_uuids) - {g.uuid for g in found})
+            if missing:
+                raise ValueError(
+                    f"GPU_UUID names {missing}, which this node does not have; it has "
+                    f"{[g.uuid for g in found]}"
+                )
+            found = [g for g in found if g.uuid in set(only_uuids)]
+        self.gpus: list[GpuInfo] = found
         self._by_uuid = {g.uuid: g for g in self.gpus}
         for g in self.gpus:
             device_id(g.uuid, GPU_UNITS_PER_DEVICE - 1)  # fail early if the IDs would be too long
@@ -135,6 +145,16 @@ class GpuPlugin(DevicePluginServer):
             )
             for unit in range(GPU_UNITS_PER_DEVICE):
                 out.append(pb.Device(ID=device_id(g.uuid, unit), health=health, topology=topo))
+        return out
+
+    def units_by_gpu(self) -> dict[str, int]:
+        """Units handed out per GPU, from the allocations this plugin still knows of."""
+        out: dict[str, int] = {}
+        with self._alloc_lock:
+            for a in self.allocations.values():
+                per_gpu = a.units // len(a.gpu_uuids)
+                for u in a.gpu_uuids:
+                    out[u] = out.get(u, 0) + per_gpu
         return out
 
     def gpu_healthy(self, uuid: str) -> bool:
