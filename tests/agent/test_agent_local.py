@@ -1,0 +1,121 @@
+"""NodeAgent in-process (no Ray): partition table from Allocate + shim status lines, telemetry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from keti_ray.agent.node_agent import AgentConfig, NodeAgent
+from keti_ray.agent.telemetry import ListSink, parse_status_line, read_status_dir
+from keti_ray.constants import GPU_RESOURCE
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "deviceplugin"))
+from kubelet_emulator import KubeletEmulator  # noqa: E402
+
+FAKE_MPS = str(Path(__file__).parent / "fake_mps" / "nvidia-cuda-mps-control")
+
+
+@pytest.mark.parametrize(
+    "line, want",
+    [
+        ('{"pid": 12, "mechanism": "mps", "sms": 34}', {"pid": 12, "mechanism": "mps", "sms": 34}),
+        (
+            "pid=12 mechanism=green-ctx sms=72 mem_peak_mib=512",
+            {"pid": 12, "mechanism": "green-ctx", "sms": 72, "mem_peak_mib": 512},
+        ),
+        ("garbage words", None),
+        ("", None),
+        ("[1, 2]", None),
+    ],
+)
+def test_parse_status_line(line, want):
+    assert parse_status_line(line) == want
+
+
+def test_read_status_dir_takes_each_files_last_line(short_tmp):
+    d = short_tmp / "abc123"
+    d.mkdir()
+    (d / "101.status").write_text("pid=101 mechanism=mps sms=32\npid=101 mechanism=mps sms=34\n")
+    (d / "102.status").write_text("\n")
+    (short_tmp / "stray-file").write_text("pid=1")
+    assert read_status_dir(short_tmp) == [
+        {"allocation_id": "abc123", "file": "101.status", "pid": 101, "mechanism": "mps", "sms": 34}
+    ]
+
+
+@pytest.fixture
+def agent_env(short_tmp):
+    kubelet = KubeletEmulator(short_tmp / "dp").start()
+    sink = ListSink()
+    cfg = AgentConfig(
+        plugin_dir=str(short_tmp / "dp"),
+        simulate=2,
+        npu=True,
+        sysfs_root=str(short_tmp / "nosys"),
+        dev_root=str(short_tmp / "nodev"),
+        mps_binary=FAKE_MPS,
+        mps_pipe_dir=str(short_tmp / "mps"),
+        mps_log_dir=str(short_tmp / "mpslog"),
+        status_host_dir=str(short_tmp / "status"),
+        telemetry_interval_s=0.1,
+    )
+    agent = NodeAgent(cfg, sink)
+    yield agent, kubelet, sink
+    agent.stop(stop_mps=True)
+    kubelet.stop()
+
+
+def test_agent_partition_table_and_telemetry(agent_env):
+    agent, kubelet, sink = agent_env
+    assert kubelet.wait_for(lambda k: k.capacity(GPU_RESOURCE) == 200, 5)
+    assert kubelet.wait_for(lambda k: k.capacity("keti.re.kr/npu") == 1, 5)
+    info = agent.info()
+    assert info["mps"]["running"] and info["plugins"][GPU_RESOURCE]["registered"]
+
+    _, r25 = kubelet.admit(GPU_RESOURCE, 25)
+    _, r100 = kubelet.admit(GPU_RESOURCE, 100)
+    a25 = r25.annotations["keti.re.kr/allocation-id"]
+    # the shim (inside the pod) writes a status line into the mounted status directory
+    status_host = next(m.host_path for m in r25.mounts if m.container_path.endswith("vai-status"))
+    line = {"pid": 4242, "mechanism": "mps-affinity", "sms": 34, "pod": "default/a"}
+    Path(status_host, "4242").write_text(json.dumps(line) + "\n")
+
+    rows = {r["allocation_id"]: r for r in agent.partition_table()}
+    assert rows[a25]["units"] == 25 and rows[a25]["bless_limit_pct"] == 25
+    assert rows[a25]["mechanism"] == "mps-affinity" and rows[a25]["reported_by_shim"]
+    assert rows[a25]["pod"] == "default/a" and rows[a25]["pids"] == [4242]
+    a100 = r100.annotations["keti.re.kr/allocation-id"]
+    assert rows[a100]["mechanism"] == "whole-gpu" and rows[a100]["units"] == 100
+    assert rows[a25]["gpu_uuid"] != rows[a100]["gpu_uuid"]
+
+    batch = agent.sample_now()
+    gpus = {r["gpu_uuid"]: r for r in batch if r["kind"] == "gpu"}
+    assert gpus[rows[a25]["gpu_uuid"]]["sm_pct"] == 25.0
+    assert gpus[rows[a100]["gpu_uuid"]]["sm_pct"] == 100.0
+    shim = [r for r in batch if r["kind"] == "shim"]
+    assert shim and shim[0]["allocation_id"] == a25 and shim[0]["sms"] == 34
+    assert any(r["kind"] == "gpu" for r in sink.records)  # the sampler thread delivered too
+
+
+def test_gpu_uuid_limits_the_agent(short_tmp, monkeypatch):
+    from keti_ray.deviceplugin.nvml import SimulatedBackend
+
+    uuid = SimulatedBackend(2).discover()[1].uuid
+    monkeypatch.setenv("GPU_UUID", uuid)
+    cfg = AgentConfig(
+        plugin_dir=str(short_tmp / "dp"),
+        simulate=2,
+        mps=False,
+        status_host_dir=str(short_tmp / "s"),
+    )
+    agent = NodeAgent(cfg, ListSink())
+    try:
+        assert [g["uuid"] for g in agent.info()["gpus"]] == [uuid]
+    finally:
+        agent.stop()
+    monkeypatch.setenv("GPU_UUID", "GPU-not-here")
+    with pytest.raises(ValueError, match="GPU_UUID names"):
+        NodeAgent(cfg, ListSink())
