@@ -31,7 +31,6 @@ from keti_ray.constants import (
 from keti_ray.deviceplugin.gpu import GpuPlugin
 from keti_ray.deviceplugin.npu import NpuPlugin, discover_npus
 from keti_ray.deviceplugin.nvml import GpuBackend, SimulatedBackend, open_backend
-from keti_ray.deviceplugin.preferred import make_chooser
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +123,16 @@ class NodeAgent:
             log.warning(self.problems[-1])
             return
         uuids = cfg.gpu_uuids or [u for u in os.environ.get(ENV_GPU_UUID, "").split(",") if u]
-        gpus = self.backend.discover()
-        chooser, self.chooser_name = make_chooser(gpus[0].name if gpus else "")
         self.gpu_plugin = GpuPlugin(
             self.backend,
             cfg.plugin_dir,
-            chooser=chooser,
             memory_limit=cfg.memory_limit,
             shim_host_path=cfg.shim_host_path,
             mps_pipe_dir=cfg.mps_pipe_dir,
             status_host_dir=cfg.status_host_dir,
             only_uuids=uuids or None,
         )
+        self.chooser_name = self.gpu_plugin.chooser_name
         self.gpu_plugin.start()
 
     def _mps_check(self) -> None:

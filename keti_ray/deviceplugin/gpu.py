@@ -35,7 +35,7 @@ from keti_ray.constants import (
 )
 from keti_ray.deviceplugin._gen import api_pb2 as pb
 from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo
-from keti_ray.deviceplugin.preferred import Chooser, best_fit
+from keti_ray.deviceplugin.preferred import Chooser, make_chooser
 from keti_ray.deviceplugin.server import HEALTHY, UNHEALTHY, DevicePluginServer, PluginError
 from keti_ray.deviceplugin.units import device_id, parse_device_id
 
@@ -116,7 +116,11 @@ class GpuPlugin(DevicePluginServer):
         self._by_uuid = {g.uuid: g for g in self.gpus}
         for g in self.gpus:
             device_id(g.uuid, GPU_UNITS_PER_DEVICE - 1)  # fail early if the IDs would be too long
-        self.chooser: Chooser = chooser or best_fit
+        if chooser is None:
+            chooser, self.chooser_name = make_chooser(found[0].name if found else "")
+        else:
+            self.chooser_name = getattr(chooser, "__name__", type(chooser).__name__)
+        self.chooser: Chooser = chooser
         self.memory_limit = validate_memory_limit(memory_limit)
         self.shim_host_path = shim_host_path
         self.mps_pipe_dir = mps_pipe_dir

@@ -31,30 +31,36 @@ def best_fit(free_units: Sequence[int], units: int) -> int | None:
 
 
 class FgdChooser:
-    """FGD from keti_ray.allocators on a one-node state built from the free units."""
+    """FGD from keti_ray.allocators on a one-node state built from the free units.
 
-    def __init__(self, gpu_model: str = "", cpu_milli: int = 10**9, memory_mib: int = 10**9):
+    A fresh `ClusterState` per call (the node's real free shares, in milli) and a `reset()`
+    of the allocator, whose score caches are keyed by the state object and node versions.
+    """
+
+    def __init__(self, gpu_model: str = "", seed: int = 0) -> None:
         from keti_ray.allocators import make_allocator
-        from keti_ray.cluster import ClusterState, NodeSpec, PodRequest
+        from keti_ray.cluster import MAX_GPUS_PER_NODE, ClusterState, NodeSpec, PodRequest
 
         self._ClusterState = ClusterState
         self._NodeSpec = NodeSpec
         self._PodRequest = PodRequest
-        self._alloc = make_allocator("fgd", typical=None)
-        self._model = gpu_model
-        self._cpu = cpu_milli
-        self._mem = memory_mib
+        self._max_gpus = MAX_GPUS_PER_NODE
+        self._seed = seed
+        self._alloc = make_allocator("fgd", typical=None, seed=seed)
+        self._model = gpu_model or "GPU"
 
     def __call__(self, free_units: Sequence[int], units: int) -> int | None:
         n = len(free_units)
-        if n == 0:
-            return None
-        spec = self._NodeSpec("local", self._cpu, self._mem, n, self._model)
+        if n == 0 or n > self._max_gpus:
+            return best_fit(free_units, units)  # the cluster model holds at most 8 GPUs a node
+        spec = self._NodeSpec("local", 10**9, 10**9, n, self._model)
         state = self._ClusterState.from_specs([spec])
         for i, free in enumerate(free_units):
             # units -> milli; an unusable GPU gets 0 free milli, so FGD never picks it
             state.gpu_free[0, i] = units_to_milli(free) if free >= 0 else 0
+        state.node_version[0] += 1
         pod = self._PodRequest("preferred", 0, 0, 1, units_to_milli(units), gpu_spec=frozenset())
+        self._alloc.reset(self._seed)
         placement = self._alloc.place(state, pod)
         if placement is None or not placement.gpus:
             return None

@@ -246,3 +246,27 @@ def test_stop_removes_socket_and_kubelet_sees_stream_end(kubelet, make_gpu_plugi
     plugin.stop()
     assert not plugin.socket_path.exists()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 0, 2)
+
+
+def test_preferred_gpu_is_fgds_choice(kubelet, make_gpu_plugin):
+    """Free units [100, 60, 10, 100], 10 wanted: FGD (not best fit) decides; compare with the
+    allocator itself on the same state, in milli."""
+    from keti_ray.allocators import make_allocator
+    from keti_ray.cluster import ClusterState, NodeSpec, PodRequest
+
+    plugin, backend = make_gpu_plugin(4)
+    assert plugin.chooser_name == "fgd"
+    plugin.start()
+    assert kubelet.wait_for(lambda k: k.capacity(R) == 400, 5)
+    gpus = backend.discover()
+    free = [100, 60, 10, 100]
+    kubelet.allocated[R] = {
+        f"{g.uuid}-p{u:02d}" for g, f in zip(gpus, free, strict=True) for u in range(100 - f)
+    }
+    chosen = _gpu_of(kubelet.preferred(R, 10))
+    state = ClusterState.from_specs([NodeSpec("n", 10**9, 10**9, 4, gpus[0].name)])
+    for i, f in enumerate(free):
+        state.gpu_free[0, i] = f * 10
+    want = make_allocator("fgd", seed=0).place(state, PodRequest("p", 0, 0, 1, 100))
+    assert chosen == {gpus[want.gpus[0]].uuid}
+    assert want.gpus[0] != 2  # best fit would take GPU 2 (exactly 10 free); FGD does not
