@@ -219,3 +219,17 @@ class TelemetrySampler:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class JsonlSink:
+    """Appends each record as one JSON line to a file (`keti-ray agent --telemetry-out`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def put(self, records: list[Record]) -> None:
+        text = "".join(json.dumps(r, default=str) + "\n" for r in records)
+        with self._lock, self.path.open("a") as f:
+            f.write(text)

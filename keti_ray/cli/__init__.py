@@ -14,7 +14,7 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import the subcommand modules; each adds its commands to `app`."""
-    from keti_ray.cli import eval_cmd  # noqa: F401
+    from keti_ray.cli import eval_cmd, plugin_cmd  # noqa: F401
 
 
 def main() -> None:

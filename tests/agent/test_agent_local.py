@@ -119,3 +119,38 @@ def test_gpu_uuid_limits_the_agent(short_tmp, monkeypatch):
     monkeypatch.setenv("GPU_UUID", "GPU-not-here")
     with pytest.raises(ValueError, match="GPU_UUID names"):
         NodeAgent(cfg, ListSink())
+
+
+def test_agent_cli_local_writes_telemetry(short_tmp):
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = short_tmp / "telemetry.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from keti_ray.cli import app, plugin_cmd; app(prog_name='keti-ray')",
+            "agent",
+            "--local",
+            "--simulate", "1",
+            "--no-mps",
+            "--plugin-dir", str(short_tmp / "dp"),
+            "--status-dir", str(short_tmp / "st"),
+            "--interval", "0.1",
+            "--telemetry-out", str(out),
+            "--run-for", "1.5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.splitlines()[0])
+    assert len(info["gpus"]) == 1 and info["simulated"]
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) >= 5 and all(r["kind"] == "gpu" for r in records)
+    assert not (short_tmp / "dp" / "keti-gpu.sock").exists()
