@@ -114,6 +114,10 @@ class GpuPlugin(DevicePluginServer):
             found = [g for g in found if g.uuid in set(only_uuids)]
         self.gpus: list[GpuInfo] = found
         self._by_uuid = {g.uuid: g for g in self.gpus}
+        # every device ID -> its GPU, so checking 800 IDs is 800 dict lookups
+        self._id_gpu = {
+            device_id(g.uuid, u): g.uuid for g in self.gpus for u in range(GPU_UNITS_PER_DEVICE)
+        }
         for g in self.gpus:
             device_id(g.uuid, GPU_UNITS_PER_DEVICE - 1)  # fail early if the IDs would be too long
         if chooser is None:
@@ -213,12 +217,14 @@ class GpuPlugin(DevicePluginServer):
     def _group(self, ids: Sequence[str], what: str) -> dict[str, list[str]]:
         """Device IDs -> {gpu uuid: ids}, in GPU order; PluginError on an unknown or bad ID."""
         groups: dict[str, list[str]] = defaultdict(list)
+        id_gpu = self._id_gpu
         for dev in ids:
-            try:
-                uuid, _ = parse_device_id(dev)
-            except ValueError as e:
-                raise PluginError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}") from None
-            if uuid not in self._by_uuid:
+            uuid = id_gpu.get(dev)
+            if uuid is None:  # not one of ours: say why, in the accepted form
+                try:
+                    uuid, _ = parse_device_id(dev)
+                except ValueError as e:
+                    raise PluginError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {e}") from None
                 raise PluginError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{what}: device ID {dev!r} names GPU {uuid!r}, which this node does not have",
