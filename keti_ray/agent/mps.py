@@ -70,7 +70,9 @@ class MpsDaemon:
         env[ENV_MPS_LOG_DIRECTORY] = str(self.log_dir)
         return env
 
-    def control(self, command: str) -> subprocess.CompletedProcess[str]:
+    def control(
+        self, command: str, timeout_s: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Send one command to the daemon (as `echo CMD | nvidia-cuda-mps-control`)."""
         return subprocess.run(
             [self.binary],
@@ -78,7 +80,7 @@ class MpsDaemon:
             env=self._env(),
             capture_output=True,
             text=True,
-            timeout=self.timeout_s,
+            timeout=timeout_s or self.timeout_s,
         )
 
     def pids(self) -> list[int]:
@@ -107,11 +109,16 @@ class MpsDaemon:
         return sorted(out)
 
     def healthy(self) -> bool:
-        """A daemon runs for our pipe directory and answers `get_server_list`."""
-        if not self.available() or not self.pids():
+        """A daemon serves our pipe directory (seen in /proc, or its control pipe is there)
+        and answers `get_server_list`."""
+        if not self.available():
+            return False
+        if not self.pids() and not (self.pipe_dir / "control").exists():
             return False
         try:
-            return self.control("get_server_list").returncode == 0
+            return (
+                self.control("get_server_list", timeout_s=min(3.0, self.timeout_s)).returncode == 0
+            )
         except subprocess.TimeoutExpired:
             return False
 
@@ -159,6 +166,13 @@ class MpsDaemon:
         """`quit`, wait for the daemon to exit; SIGTERM then SIGKILL if it does not."""
         pids = self.pids()
         if not pids:
+            if (self.pipe_dir / "control").exists() and self.healthy():
+                self.control("quit")  # a daemon we cannot see in /proc: ask it, then check
+                deadline = time.monotonic() + self.timeout_s
+                while self.healthy():
+                    if time.monotonic() > deadline:
+                        raise MpsError("MPS daemon still answers after 'quit'")
+                    time.sleep(0.1)
             return
         try:
             self.control("quit")
