@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import typer
 from keti_ray.cli import app
 from keti_ray.constants import (
     DEVICE_PLUGIN_DIR,
+    ENV_GPU_UUID,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
     SHIM_CONTAINER_PATH,
@@ -74,7 +76,7 @@ def plugin_gpu(
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Serve keti.re.kr/gpu-pct (100 SM-percent units per GPU)."""
+    """Serve keti.re.kr/gpu-pct (100 SM-percent units per GPU; $GPU_UUID limits the GPUs)."""
     from keti_ray.deviceplugin.gpu import GpuPlugin, validate_memory_limit
     from keti_ray.deviceplugin.nvml import open_backend
 
@@ -87,15 +89,20 @@ def plugin_gpu(
         backend = open_backend(simulate)
     except Exception as e:
         _fail(f"NVML unavailable ({e}); on a node without GPUs pass --simulate N")
-    plugin = GpuPlugin(
-        backend,
-        plugin_dir,
-        memory_limit=memory_limit,
-        shim_host_path=shim_host_path,
-        mps_pipe_dir=mps_pipe_dir,
-        status_host_dir=status_dir,
-        probe_interval_s=probe_interval,
-    )
+    only = [u for u in os.environ.get(ENV_GPU_UUID, "").split(",") if u]
+    try:
+        plugin = GpuPlugin(
+            backend,
+            plugin_dir,
+            memory_limit=memory_limit,
+            shim_host_path=shim_host_path,
+            mps_pipe_dir=mps_pipe_dir,
+            status_host_dir=status_dir,
+            probe_interval_s=probe_interval,
+            only_uuids=only or None,
+        )
+    except ValueError as e:
+        _fail(str(e))
     plugin.start()
     typer.echo(
         json.dumps(
@@ -136,8 +143,6 @@ def plugin_npu(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve keti.re.kr/npu (one device ID per NPU)."""
-    import os
-
     from keti_ray.constants import ENV_NPU_DEVICE_COUNT
     from keti_ray.deviceplugin.npu import NpuPlugin, discover_npus
 

@@ -57,7 +57,7 @@ def test_serves_first_and_registers_once_kubelet_appears(plugin_dir, make_gpu_pl
     k = KubeletEmulator(plugin_dir).start()
     try:
         assert k.wait_for(lambda k: len(k.devices(R)) == 100, 3)
-        assert plugin.registrations == 1
+        assert k.wait_for(lambda k: plugin.registrations == 1, 2)
     finally:
         k.stop()
 
