@@ -98,14 +98,26 @@ class NvmlBackend:
         return sorted(out, key=lambda g: g.index)
 
     def probe(self, uuid: str) -> bool:
+        """The GPU answers, and no memory repair waits for a GPU reset."""
         nv = self._nvml
         try:
             h = nv.nvmlDeviceGetHandleByUUID(uuid)
             nv.nvmlDeviceGetMemoryInfo(h)
             nv.nvmlDeviceGetUtilizationRates(h)
-            return True
         except nv.NVMLError:
             return False
+        try:  # row remapping (Ampere and newer): pending or failed -> needs a reset
+            _, _, pending, failed = nv.nvmlDeviceGetRemappedRows(h)
+            if pending or failed:
+                return False
+        except nv.NVMLError:
+            pass  # not supported on this GPU
+        try:  # page retirement (older GPUs): pending -> needs a reset
+            if nv.nvmlDeviceGetRetiredPagesPendingStatus(h) == nv.NVML_FEATURE_ENABLED:
+                return False
+        except nv.NVMLError:
+            pass
+        return True
 
     def wait_xid(self, timeout_s: float) -> list[tuple[str, int]]:
         nv = self._nvml
@@ -147,6 +159,15 @@ class NvmlBackend:
                 self._last_proc_ts[uuid] = max(since, int(s.timeStamp))
         except nv.NVMLError:
             pass  # no process samples since last time, or not supported
+        try:  # memory per compute process (under MPS the clients appear here)
+            by_pid = {p["pid"]: p for p in procs}
+            for cp in nv.nvmlDeviceGetComputeRunningProcesses(h):
+                used = cp.usedGpuMemory
+                entry = by_pid.setdefault(int(cp.pid), {"pid": int(cp.pid)})
+                entry["memory_used_mib"] = None if used is None else used / (1024 * 1024)
+            procs = list(by_pid.values())
+        except nv.NVMLError:
+            pass
         return GpuUtilisation(
             sm_pct=float(rates.gpu),
             memory_pct=100.0 * mem.used / max(mem.total, 1),

@@ -162,3 +162,29 @@ def test_fleet_one_agent_per_node_restart_and_telemetry(fleet_env):
     for n in nodes:
         if n != target:
             assert others[n]["pid"] == info[n]["pid"]
+
+
+def test_agent_cli_starts_a_fleet_and_stops_it(cluster):
+    """`keti-ray agent --address ...`: one agent per node-resource node, all gone afterwards."""
+    import json
+    import subprocess
+
+    root = Path(tempfile.mkdtemp(prefix="kcl", dir="/tmp"))
+    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parents[2]}{os.pathsep}"
+           f"{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from keti_ray.cli import app, plugin_cmd; app()",
+             "agent", "--address", cluster.address, "--simulate", "1", "--no-mps",
+             "--plugin-dir", str(root / "{node_id}"), "--status-dir", str(root / "st"),
+             "--run-for", "1"],
+            env=env, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert len(out["started_on"]) == 3
+        assert {a["node_id"] for a in out["agents"].values()} == set(out["started_on"])
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        assert not any(n.startswith("keti-node-agent-") for n in names)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
