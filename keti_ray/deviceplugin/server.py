@@ -26,6 +26,7 @@ from keti_ray.deviceplugin._gen import api_pb2_grpc as pbg
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1beta1"
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
@@ -75,6 +76,11 @@ class DevicePluginServer(pbg.DevicePluginServicer):
         self.plugin_dir = Path(plugin_dir)
         self.endpoint = endpoint
         self.socket_path = self.plugin_dir / endpoint
+        if len(str(self.socket_path).encode()) > MAX_UNIX_PATH:
+            raise ValueError(
+                f"plugin_dir + endpoint is {len(str(self.socket_path).encode())} bytes; a Unix "
+                f"socket path holds at most {MAX_UNIX_PATH}: use a shorter plugin_dir"
+            )
         self.kubelet_socket = self.plugin_dir / KUBELET_SOCKET_NAME
         self._poll = poll_interval_s
         self._register_timeout = register_timeout_s

@@ -130,6 +130,11 @@ def test_fleet_one_agent_per_node_restart_and_telemetry(fleet_env):
         "telemetry showing the allocation",
     )
 
+    # a GPU failure inside the agent reaches that node's kubelet as Unhealthy units
+    assert ray.get(fleet.agents[target].simulate_gpu_failure.remote(0))
+    assert kubelets[target].wait_for(lambda k: k.capacity(GPU_RESOURCE) == 100, 2)
+    ray.get(fleet.agents[target].simulate_gpu_failure.remote(0, False))
+
     # kill the agent through Ray: it comes back on the same node and registers again
     agent = fleet.agents[target]
     old_pid = info[target]["pid"]

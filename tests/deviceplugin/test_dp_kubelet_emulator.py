@@ -91,3 +91,10 @@ def test_reregisters_when_only_kubelet_sock_is_recreated(kubelet, make_gpu_plugi
     kubelet.start()
     assert kubelet.wait_for(lambda k: k.capacity("keti.re.kr/gpu-pct") == 100, 2)
     assert kubelet.wait_for(lambda k: plugin.registrations == 2, 2)
+
+
+def test_too_long_socket_path_is_refused_clearly(plugin_dir):
+    with pytest.raises(ValueError, match="at most 107: use a shorter plugin_dir"):
+        _Bad(plugin_dir / ("d" * 120), "bad.sock")
+    with pytest.raises(ValueError, match="socket file name like 'keti-gpu.sock'"):
+        _Bad(plugin_dir, "sub/bad.sock")
