@@ -90,6 +90,7 @@ def _start_plugin(tmp: Path, gpus: int, in_process: bool):
 
 def run(calls: int, gpus: int, in_process: bool = False, seed: int = 0) -> dict:
     rng = random.Random(seed)
+    load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="kbench", dir="/tmp"))
     kubelet = KubeletEmulator(tmp).start()
     chooser, stop_plugin = _start_plugin(tmp, gpus, in_process)
@@ -153,6 +154,7 @@ def run(calls: int, gpus: int, in_process: bool = False, seed: int = 0) -> dict:
                 "python": platform.python_version(),
                 "machine": platform.machine(),
                 "cpus": os.cpu_count(),
+                "load_avg_1m_at_start": round(load_start, 2),
                 "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             },
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
