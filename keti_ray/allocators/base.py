@@ -21,6 +21,18 @@ class Allocator(ABC):
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
         """The chosen placement, or None when the pod fits nowhere."""
 
+    def node_scores(self, state: ClusterState, pod: PodRequest) -> np.ndarray:
+        """A 0-100 preference per node (higher is better; 0 where infeasible).
+
+        Used where every node needs a score (the kube-scheduler extender); policies that
+        have no per-node score rate the node they would choose 100.
+        """
+        scores = np.zeros(state.num_nodes, dtype=np.int64)
+        choice = self.place(state, pod)
+        if choice is not None:
+            scores[choice.node] = 100
+        return scores
+
     def reset(self, seed: int | None = None) -> None:
         """Forget per-replay caches and reseed (called before each replay)."""
         self.rng = np.random.default_rng(seed)

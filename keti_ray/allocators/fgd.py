@@ -94,10 +94,8 @@ class FGDAllocator(Allocator):
         new = self.model.node_fragmentation(after, cpu_new, models)
         return fgd_score(new - old), np.full(len(rows), -1, dtype=np.int64)
 
-    def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
-        feasible = state.feasible_nodes(pod)
-        if not feasible.any():
-            return None
+    def _scored(self, state: ClusterState, pod: PodRequest, feasible: np.ndarray) -> _ShapeScores:
+        """The shape's score cache, brought up to date on the feasible nodes."""
         self._bind(state)
         cache = self._shapes.get(pod.shape)
         if cache is None:
@@ -112,6 +110,17 @@ class FGDAllocator(Allocator):
         if stale.size:
             cache.score[stale], cache.gpu[stale] = self.scores(state, pod, stale)
             cache.stamp[stale] = state.node_version[stale]
+        return cache
+
+    def node_scores(self, state: ClusterState, pod: PodRequest) -> np.ndarray:
+        feasible = state.feasible_nodes(pod)
+        return np.where(feasible, self._scored(state, pod, feasible).score, 0)
+
+    def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
+        feasible = state.feasible_nodes(pod)
+        if not feasible.any():
+            return None
+        cache = self._scored(state, pod, feasible)
         node = self.pick_best(cache.score, feasible)
         if node is None:
             return None

@@ -22,13 +22,17 @@ class ScoredAllocator(Allocator):
     def scores(self, state: ClusterState, pod: PodRequest, rows: np.ndarray) -> np.ndarray:
         """int64 score of each node in `rows` (all feasible for `pod`)."""
 
+    def node_scores(self, state: ClusterState, pod: PodRequest) -> np.ndarray:
+        scores = np.zeros(state.num_nodes, dtype=np.int64)
+        rows = np.flatnonzero(state.feasible_nodes(pod))
+        if rows.size:
+            scores[rows] = self.scores(state, pod, rows)
+        return scores
+
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
         feasible = state.feasible_nodes(pod)
-        rows = np.flatnonzero(feasible)
-        if rows.size == 0:
+        if not feasible.any():
             return None
-        scores = np.zeros(state.num_nodes, dtype=np.int64)
-        scores[rows] = self.scores(state, pod, rows)
-        node = self.pick_best(scores, feasible)
+        node = self.pick_best(self.node_scores(state, pod), feasible)
         assert node is not None
         return best_fit_gpu(state, pod, node)

@@ -12,9 +12,14 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """keti-ray: SM-share GPU allocation on Ray (replay, train, serve, device plugins)."""
+
+
 def _register() -> None:
     """Import the subcommand modules; each adds its commands to `app`."""
-    from keti_ray.cli import eval_cmd, plugin_cmd  # noqa: F401
+    from keti_ray.cli import eval_cmd, plugin_cmd, up_cmd  # noqa: F401
 
 
 def main() -> None:
