@@ -25,10 +25,9 @@ from keti_ray.constants import (
     GPU_UNITS_PER_DEVICE,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
-    SHIM_CONTAINER_PATH,
     VAI_STATUS_HOST_DIR,
 )
-from keti_ray.deviceplugin.gpu import GpuPlugin
+from keti_ray.deviceplugin.gpu import SHIM_HOST_PATH, GpuPlugin
 from keti_ray.deviceplugin.npu import NpuPlugin, discover_npus
 from keti_ray.deviceplugin.nvml import GpuBackend, SimulatedBackend, open_backend
 
@@ -44,7 +43,7 @@ class AgentConfig:
     npu: bool = False
     simulate: int | None = None  # N simulated GPUs instead of NVML
     memory_limit: str = "proportional"
-    shim_host_path: str = SHIM_CONTAINER_PATH
+    shim_host_path: str = SHIM_HOST_PATH
     mps: bool = True
     mps_pipe_dir: str = MPS_PIPE_DIR
     mps_log_dir: str = MPS_LOG_DIR

@@ -18,7 +18,8 @@ from keti_ray.constants import (
     ENV_GPU_UUID,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
-    SHIM_CONTAINER_PATH,
+    SHIM_HOST_DIR,
+    SHIM_LIBRARY_NAME,
     VAI_STATUS_HOST_DIR,
 )
 
@@ -28,6 +29,7 @@ plugin_app = typer.Typer(
 )
 app.add_typer(plugin_app, name="plugin")
 
+SHIM_HOST_PATH = f"{SHIM_HOST_DIR}/{SHIM_LIBRARY_NAME}"
 PLUGIN_DIR_HELP = "kubelet's device-plugin directory (kubelet.sock lives there)"
 
 
@@ -63,7 +65,7 @@ def plugin_gpu(
     ] = "proportional",
     shim_host_path: Annotated[
         str, typer.Option(help="the shim library on the host")
-    ] = SHIM_CONTAINER_PATH,
+    ] = SHIM_HOST_PATH,
     mps_pipe_dir: Annotated[str, typer.Option(help="host MPS pipe directory")] = MPS_PIPE_DIR,
     status_dir: Annotated[
         str, typer.Option(help="host directory for shim status")

@@ -21,16 +21,13 @@ from pathlib import Path
 import grpc
 
 from keti_ray.constants import (
-    ENV_BLESS_LIMIT_PCT,
-    ENV_LD_PRELOAD,
-    ENV_MPS_PIPE_DIRECTORY,
-    ENV_NVIDIA_VISIBLE_DEVICES,
-    ENV_VAI_MEMORY_LIMIT,
-    ENV_VAI_STATUS_DIR,
+    GPU_PLUGIN_SOCKET,
     GPU_RESOURCE,
     GPU_UNITS_PER_DEVICE,
     MPS_PIPE_DIR,
     SHIM_CONTAINER_PATH,
+    SHIM_HOST_DIR,
+    SHIM_LIBRARY_NAME,
     VAI_STATUS_HOST_DIR,
 )
 from keti_ray.deviceplugin._gen import api_pb2 as pb
@@ -38,14 +35,17 @@ from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo
 from keti_ray.deviceplugin.preferred import Chooser, make_chooser
 from keti_ray.deviceplugin.server import HEALTHY, UNHEALTHY, DevicePluginServer, PluginError
 from keti_ray.deviceplugin.units import device_id, parse_device_id
+from keti_ray.podenv import CONTAINER_STATUS_DIR, gpu_pod_env
 
 log = logging.getLogger(__name__)
 
-GPU_ENDPOINT = "keti-gpu.sock"
+GPU_ENDPOINT = GPU_PLUGIN_SOCKET
+SHIM_HOST_PATH = f"{SHIM_HOST_DIR}/{SHIM_LIBRARY_NAME}"  # where the DaemonSet installs the shim
 ANNOTATION_UUIDS = "keti.re.kr/gpu-uuids"
 ANNOTATION_UNITS = "keti.re.kr/gpu-pct"
 ANNOTATION_ALLOCATION = "keti.re.kr/allocation-id"
-_MEMORY_RE = re.compile(r"^[1-9]\d*(Ki|Mi|Gi|Ti)$")
+_MEMORY_RE = re.compile(r"^([1-9]\d*)(Ki|Mi|Gi|Ti)$")
+_MIB_PER = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
 
 
 @dataclass
@@ -92,7 +92,7 @@ class GpuPlugin(DevicePluginServer):
         endpoint: str = GPU_ENDPOINT,
         chooser: Chooser | None = None,
         memory_limit: str = "proportional",
-        shim_host_path: str = SHIM_CONTAINER_PATH,
+        shim_host_path: str = SHIM_HOST_PATH,
         mps_pipe_dir: str = MPS_PIPE_DIR,
         status_host_dir: str = VAI_STATUS_HOST_DIR,
         probe_interval_s: float = 5.0,
@@ -356,12 +356,14 @@ class GpuPlugin(DevicePluginServer):
             raise PluginError(grpc.StatusCode.FAILED_PRECONDITION, f"GPU(s) {sick} are Unhealthy")
         return groups, units
 
-    def _memory_for(self, gpu: GpuInfo, units: int) -> str | None:
+    def _memory_mib_for(self, gpu: GpuInfo, units: int) -> int | None:
+        """VAI_MEMORY_LIMIT in MiB for a share of `units` of `gpu` (None: no quota)."""
         if units >= GPU_UNITS_PER_DEVICE or self.memory_limit == "none":
             return None
         if self.memory_limit == "proportional":
-            return f"{gpu.memory_mib * units // GPU_UNITS_PER_DEVICE}Mi"
-        return self.memory_limit
+            return gpu.memory_mib * units // GPU_UNITS_PER_DEVICE
+        number, unit = _MEMORY_RE.match(self.memory_limit).groups()
+        return max(1, int(int(number) * _MIB_PER[unit]))
 
     def allocate(self, request: pb.AllocateRequest) -> pb.AllocateResponse:
         # Check every container first: an invalid request changes nothing.
@@ -370,20 +372,20 @@ class GpuPlugin(DevicePluginServer):
         for (groups, units), creq in zip(checked, request.container_requests, strict=True):
             uuids = tuple(groups)
             bless = units if units < GPU_UNITS_PER_DEVICE else None
-            mem = self._memory_for(self._by_uuid[uuids[0]], units)
+            mem_mib = self._memory_mib_for(self._by_uuid[uuids[0]], units)
+            mem = None if mem_mib is None else f"{mem_mib}Mi"
             alloc_id = uuidlib.uuid4().hex[:12]
             status_host = self.status_host_dir / alloc_id
             status_host.mkdir(parents=True, exist_ok=True)
-            envs = {
-                ENV_LD_PRELOAD: SHIM_CONTAINER_PATH,
-                ENV_NVIDIA_VISIBLE_DEVICES: ",".join(uuids),
-                ENV_MPS_PIPE_DIRECTORY: MPS_PIPE_DIR,
-                ENV_VAI_STATUS_DIR: VAI_STATUS_HOST_DIR,
-            }
-            if bless is not None:
-                envs[ENV_BLESS_LIMIT_PCT] = str(bless)
-            if mem is not None:
-                envs[ENV_VAI_MEMORY_LIMIT] = mem
+            # the same env the Serve allocator reports for a placement (keti_ray.podenv)
+            envs = gpu_pod_env(
+                uuids,
+                min(units, GPU_UNITS_PER_DEVICE),
+                memory_limit_mib=mem_mib,
+                shim_path=SHIM_CONTAINER_PATH,
+                mps_pipe_dir=MPS_PIPE_DIR,
+                status_dir=CONTAINER_STATUS_DIR,
+            )
             mounts = [
                 pb.Mount(
                     container_path=SHIM_CONTAINER_PATH,
@@ -392,7 +394,7 @@ class GpuPlugin(DevicePluginServer):
                 ),
                 pb.Mount(container_path=MPS_PIPE_DIR, host_path=self.mps_pipe_dir, read_only=False),
                 pb.Mount(
-                    container_path=VAI_STATUS_HOST_DIR, host_path=str(status_host), read_only=False
+                    container_path=CONTAINER_STATUS_DIR, host_path=str(status_host), read_only=False
                 ),
             ]
             annotations = {

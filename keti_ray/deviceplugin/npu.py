@@ -16,11 +16,11 @@ from pathlib import Path
 
 import grpc
 
-from keti_ray.constants import ENV_NPU_DEVICE_COUNT, NPU_RESOURCE
+from keti_ray.constants import ENV_NPU_DEVICE_COUNT, NPU_PLUGIN_SOCKET, NPU_RESOURCE
 from keti_ray.deviceplugin._gen import api_pb2 as pb
 from keti_ray.deviceplugin.server import HEALTHY, UNHEALTHY, DevicePluginServer, PluginError
 
-NPU_ENDPOINT = "keti-npu.sock"
+NPU_ENDPOINT = NPU_PLUGIN_SOCKET
 ENV_NPU_VISIBLE_DEVICES = "NPU_VISIBLE_DEVICES"
 ENV_RBLN_DEVICES = "RBLN_DEVICES"  # Rebellions' runtime reads this
 ANNOTATION_NPUS = "keti.re.kr/npu-devices"

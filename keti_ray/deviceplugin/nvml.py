@@ -7,12 +7,14 @@ the node agent's telemetry sampler never ask which one they hold.  NVML comes fr
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from keti_ray.podenv import simulated_gpu_uuid
 
 # XIDs that are the application's fault, not the GPU's (the same list NVIDIA's plugin skips):
 # 13 graphics engine exception, 31 memory page fault, 43 GPU stopped processing,
@@ -242,12 +244,12 @@ class SimulatedBackend:
     ) -> None:
         if count < 0:
             raise ValueError(f"simulate count must be >= 0, got {count}")
-        host = seed if seed is not None else socket.gethostname()
-        ns = uuidlib.UUID("6b657469-2d72-6179-2d67-707573696d00")
+        # the node name the Serve allocator's simulated cluster uses for the same GPUs
+        node = seed or os.environ.get("NODE_NAME") or socket.gethostname()
         self._gpus = [
             GpuInfo(
                 index=i,
-                uuid="GPU-" + str(uuidlib.uuid5(ns, f"{host}/{i}")),
+                uuid=simulated_gpu_uuid(node, i),
                 name=name,
                 sm_count=sm_count,
                 memory_mib=memory_mib,

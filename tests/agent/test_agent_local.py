@@ -11,6 +11,7 @@ import pytest
 from keti_ray.agent.node_agent import AgentConfig, NodeAgent
 from keti_ray.agent.telemetry import ListSink, parse_status_line, read_status_dir
 from keti_ray.constants import GPU_RESOURCE
+from keti_ray.podenv import CONTAINER_STATUS_DIR as STATUS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "deviceplugin"))
 from kubelet_emulator import KubeletEmulator  # noqa: E402
@@ -79,7 +80,7 @@ def test_agent_partition_table_and_telemetry(agent_env):
     _, r100 = kubelet.admit(GPU_RESOURCE, 100)
     a25 = r25.annotations["keti.re.kr/allocation-id"]
     # the shim (inside the pod) writes a status line into the mounted status directory
-    status_host = next(m.host_path for m in r25.mounts if m.container_path.endswith("vai-status"))
+    status_host = next(m.host_path for m in r25.mounts if m.container_path == STATUS)
     line = {"pid": 4242, "mechanism": "mps-affinity", "sms": 34, "pod": "default/a"}
     Path(status_host, "4242").write_text(json.dumps(line) + "\n")
 

@@ -19,9 +19,9 @@ from keti_ray.constants import (
     MPS_PIPE_DIR,
     SHIM_CONTAINER_PATH,
     SHIM_LIBRARY_NAME,
-    VAI_STATUS_HOST_DIR,
 )
 from keti_ray.deviceplugin.units import parse_device_id
+from keti_ray.podenv import CONTAINER_STATUS_DIR
 
 R = GPU_RESOURCE
 
@@ -110,7 +110,7 @@ def test_allocate_env_and_mounts(kubelet, make_gpu_plugin, plugin_dir, units):
     assert env[ENV_LD_PRELOAD].endswith(SHIM_LIBRARY_NAME)
     assert set(env[ENV_NVIDIA_VISIBLE_DEVICES].split(",")) == gpus
     assert env[ENV_MPS_PIPE_DIRECTORY] == MPS_PIPE_DIR
-    assert env[ENV_VAI_STATUS_DIR] == VAI_STATUS_HOST_DIR
+    assert env[ENV_VAI_STATUS_DIR] == CONTAINER_STATUS_DIR
     mem = backend.discover()[0].memory_mib
     if units < 100:
         assert env[ENV_BLESS_LIMIT_PCT] == str(units)
@@ -122,7 +122,7 @@ def test_allocate_env_and_mounts(kubelet, make_gpu_plugin, plugin_dir, units):
     assert shim.read_only and shim.host_path == str(plugin_dir / "libvai_accelerator.so")
     assert mounts[MPS_PIPE_DIR].host_path == str(plugin_dir / "mps")
     assert not mounts[MPS_PIPE_DIR].read_only
-    status = mounts[VAI_STATUS_HOST_DIR]
+    status = mounts[CONTAINER_STATUS_DIR]
     assert status.host_path.startswith(str(plugin_dir / "status")) and not status.read_only
     from pathlib import Path
 
@@ -132,12 +132,13 @@ def test_allocate_env_and_mounts(kubelet, make_gpu_plugin, plugin_dir, units):
     assert rec.units == units and set(rec.gpu_uuids) == gpus
 
 
-def test_configured_memory_limit(kubelet, make_gpu_plugin):
-    plugin, _ = make_gpu_plugin(1, memory_limit="512Mi")
+@pytest.mark.parametrize("limit, want", [("512Mi", "512Mi"), ("20Gi", "20480Mi")])
+def test_configured_memory_limit(kubelet, make_gpu_plugin, limit, want):
+    plugin, _ = make_gpu_plugin(1, memory_limit=limit)
     plugin.start()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 5)
     _, resp = kubelet.admit(R, 10)
-    assert resp.envs[ENV_VAI_MEMORY_LIMIT] == "512Mi"
+    assert resp.envs[ENV_VAI_MEMORY_LIMIT] == want
 
 
 def test_bad_memory_limit_names_the_accepted_form(make_gpu_plugin):
