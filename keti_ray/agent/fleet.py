@@ -9,6 +9,9 @@ restarted driver with detached agents) finds the existing ones instead of duplic
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -100,3 +103,53 @@ class Fleet:
                 log.warning("agent on %s did not stop cleanly: %s", node_id, e)
             ray.kill(agent, no_restart=True)
         self.agents.clear()
+
+
+_LOCAL_AGENTS: list[Any] = []  # `keti-ray up`'s agents: handles kept for the driver's lifetime
+
+
+def start_local_fleet(
+    source: Any,
+    *,
+    max_agents: int = 8,
+    root: str | Path | None = None,
+    sink: TelemetrySink | None = None,
+    timeout_s: float = 60.0,
+) -> str:
+    """`keti-ray up`: one NodeAgent per simulated GPU node, all on this (single) Ray node.
+
+    `source` is anything with `.nodes()` -> NodeSpecs (serve.state.ClusterSource).  Each agent
+    serves its node's GPUs, simulated under the node's name, so their UUIDs are the ones the
+    allocator reports (keti_ray.podenv.simulated_gpu_uuid); no MPS, plugin sockets in a
+    temporary directory (no kubelet here: the plugins serve and keep trying to register).
+    Returns a one-line description for the console.
+    """
+    gpu_nodes = [s for s in source.nodes() if s.num_gpus > 0]
+    chosen = gpu_nodes[:max_agents]
+    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="keti-up-", dir="/tmp"))
+    here = ray.get_runtime_context().get_node_id()
+    handles = []
+    for spec in chosen:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", spec.name)[:40]
+        config = AgentConfig(
+            plugin_dir=str(base / safe),
+            simulate=spec.num_gpus,
+            node_name=spec.name,
+            gpu_model=spec.model,
+            mps=False,
+            status_host_dir=str(base / safe / "status"),
+        )
+        handles.append(
+            NodeAgentActor.options(
+                name=agent_name(spec.name),
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+                max_task_retries=-1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            ).remote(config, sink)
+        )
+    ray.get([h.ping.remote() for h in handles], timeout=timeout_s)
+    _LOCAL_AGENTS.extend(handles)
+    more = f" of {len(gpu_nodes)} GPU nodes" if len(gpu_nodes) > len(chosen) else ""
+    return f"{len(chosen)} node agents{more} (simulated GPUs, plugin sockets under {base})"

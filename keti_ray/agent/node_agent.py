@@ -54,6 +54,8 @@ class AgentConfig:
     telemetry_interval_s: float = 1.0
     mps_check_s: float = 10.0
     gpu_uuids: list[str] = field(default_factory=list)  # empty: $GPU_UUID, else every GPU
+    node_name: str | None = None  # the node's name; None: the Ray node ID (or the host name)
+    gpu_model: str = ""  # simulated GPUs' model name (empty: the simulator's default)
 
     def resolve(self, node_id: str) -> AgentConfig:
         """A copy with `{node_id}` filled in every path."""
@@ -80,7 +82,7 @@ class NodeAgent:
     """Device plugins + MPS + telemetry for the node it runs on."""
 
     def __init__(self, config: AgentConfig | None = None, sink: TelemetrySink | None = None):
-        self.node_id = current_node_id()
+        self.node_id = (config.node_name if config else None) or current_node_id()
         self.config = (config or AgentConfig()).resolve(self.node_id)
         cfg = self.config
         self.sink = sink if sink is not None else ListSink()
@@ -116,7 +118,11 @@ class NodeAgent:
 
     def _start_gpu(self, cfg: AgentConfig) -> None:
         try:
-            self.backend = open_backend(cfg.simulate)
+            if cfg.simulate is not None:  # seeded by the node name: the allocator's GPU UUIDs
+                extra = {"name": cfg.gpu_model} if cfg.gpu_model else {}
+                self.backend = SimulatedBackend(cfg.simulate, seed=cfg.node_name, **extra)
+            else:
+                self.backend = open_backend(None)
         except Exception as e:  # no driver: the node serves no GPUs, and says why
             self.problems.append(f"NVML unavailable ({e}); use simulate=N for simulated GPUs")
             log.warning(self.problems[-1])
