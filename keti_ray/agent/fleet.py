@@ -8,8 +8,10 @@ restarted driver with detached agents) finds the existing ones instead of duplic
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -126,7 +128,11 @@ def start_local_fleet(
     """
     gpu_nodes = [s for s in source.nodes() if s.num_gpus > 0]
     chosen = gpu_nodes[:max_agents]
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="keti-up-", dir="/tmp"))
+    if root is None:
+        base = Path(tempfile.mkdtemp(prefix="keti-up-", dir="/tmp"))
+        atexit.register(shutil.rmtree, base, True)  # sockets and status dirs of this run
+    else:
+        base = Path(root)
     here = ray.get_runtime_context().get_node_id()
     handles = []
     for spec in chosen:
