@@ -230,7 +230,7 @@ class GpuPlugin(DevicePluginServer):
                     f"{what}: device ID {dev!r} names GPU {uuid!r}, which this node does not have",
                 )
             groups[uuid].append(dev)
-        return {g.uuid: sorted(groups[g.uuid]) for g in self.gpus if g.uuid in groups}
+        return {g.uuid: groups[g.uuid] for g in self.gpus if g.uuid in groups}  # GPU order
 
     def preferred_allocation(
         self, request: pb.PreferredAllocationRequest
@@ -293,7 +293,8 @@ class GpuPlugin(DevicePluginServer):
                         f"no single GPU has {size} free units (free units per GPU: {free})",
                     )
                 chosen_uuid = self.gpus[idx].uuid
-            rest = [d for d in avail.get(chosen_uuid, []) if d not in set(must)]
+            must_set = set(must)
+            rest = sorted(d for d in avail.get(chosen_uuid, []) if d not in must_set)
             return list(must) + rest[: size - len(must)]
         if size % per:
             raise PluginError(
@@ -324,7 +325,7 @@ class GpuPlugin(DevicePluginServer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{size} units need {need} wholly free GPUs; only {len(whole)} are",
             )
-        return [d for u in picked for d in avail[u]]
+        return [d for u in picked for d in sorted(avail[u])]
 
     # ----- Allocate ------------------------------------------------------------------------
     def _check(self, ids: Sequence[str]) -> tuple[dict[str, list[str]], int]:

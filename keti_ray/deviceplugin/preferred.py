@@ -10,6 +10,7 @@ Units here are SM-percent units (100 per GPU); conversion to milli is explicit.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -50,6 +51,11 @@ class FgdChooser:
         self._model = gpu_model or "GPU"
 
     def __call__(self, free_units: Sequence[int], units: int) -> int | None:
+        return self._choose(tuple(free_units), units)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one chooser per plugin, lives as long)
+    def _choose(self, free_units: tuple[int, ...], units: int) -> int | None:
+        """Deterministic (seeded, reset per call), so the answer for a free vector is cached."""
         n = len(free_units)
         if n == 0 or n > self._max_gpus:
             return best_fit(free_units, units)  # the cluster model holds at most 8 GPUs a node
