@@ -27,9 +27,11 @@ from keti_ray.constants import (
     MPS_PIPE_DIR,
     VAI_STATUS_HOST_DIR,
 )
+from keti_ray.deviceplugin import allocations as records
+from keti_ray.deviceplugin.allocations import GpuAllocation
 from keti_ray.deviceplugin.gpu import SHIM_HOST_PATH, GpuPlugin
 from keti_ray.deviceplugin.npu import NpuPlugin, discover_npus
-from keti_ray.deviceplugin.nvml import GpuBackend, SimulatedBackend, open_backend
+from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo, SimulatedBackend, open_backend
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,9 @@ class AgentConfig:
     """What a NodeAgent runs; paths may contain `{node_id}`."""
 
     plugin_dir: str = DEVICE_PLUGIN_DIR
-    gpu: bool = True
+    gpu: bool = True  # a GPU node: discover GPUs (telemetry, partition table)
     npu: bool = False
+    serve_plugins: bool = True  # serve the kubelet plugins here (False: a DaemonSet does)
     simulate: int | None = None  # N simulated GPUs instead of NVML
     memory_limit: str = "proportional"
     shim_host_path: str = SHIM_HOST_PATH
@@ -88,6 +91,7 @@ class NodeAgent:
         self.sink = sink if sink is not None else ListSink()
         self.started_at = time.time()
         self.backend: GpuBackend | None = None
+        self.gpus: list[GpuInfo] = []
         self.gpu_plugin: GpuPlugin | None = None
         self.npu_plugin: NpuPlugin | None = None
         self.mps: MpsDaemon | None = None
@@ -97,7 +101,7 @@ class NodeAgent:
 
         if cfg.gpu:
             self._start_gpu(cfg)
-        if cfg.npu:
+        if cfg.npu and cfg.serve_plugins:
             npus = discover_npus(cfg.sysfs_root, cfg.dev_root)
             self.npu_plugin = NpuPlugin(npus, cfg.plugin_dir)
             self.npu_plugin.start()
@@ -108,10 +112,10 @@ class NodeAgent:
         self.sampler = TelemetrySampler(
             self.node_id,
             self.backend,
-            self.gpu_plugin.gpus if self.gpu_plugin else [],
+            self.gpus,
             self.sink,
             status_dir=Path(cfg.status_host_dir),
-            units_by_gpu=self.gpu_plugin.units_by_gpu if self.gpu_plugin else None,
+            units_by_gpu=self.units_by_gpu,
             interval_s=cfg.telemetry_interval_s,
         )
         self.sampler.start()
@@ -128,6 +132,16 @@ class NodeAgent:
             log.warning(self.problems[-1])
             return
         uuids = cfg.gpu_uuids or [u for u in os.environ.get(ENV_GPU_UUID, "").split(",") if u]
+        found = self.backend.discover()
+        missing = sorted(set(uuids) - {g.uuid for g in found})
+        if missing:
+            raise ValueError(
+                f"GPU_UUID names {missing}, which this node does not have; it has "
+                f"{[g.uuid for g in found]}"
+            )
+        self.gpus = [g for g in found if not uuids or g.uuid in uuids]
+        if not cfg.serve_plugins:
+            return
         self.gpu_plugin = GpuPlugin(
             self.backend,
             cfg.plugin_dir,
@@ -171,7 +185,7 @@ class NodeAgent:
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "gpus": [asdict(g) for g in (self.gpu_plugin.gpus if self.gpu_plugin else [])],
+            "gpus": [asdict(g) for g in self.gpus],
             "simulated": bool(self.backend is not None and self.backend.simulated),
             "chooser": self.chooser_name,
             "plugins": plugins,
@@ -180,17 +194,32 @@ class NodeAgent:
             "problems": list(self.problems),
         }
 
+    def allocations(self) -> dict[str, GpuAllocation]:
+        """This node's GPU allocations: the records in the status directory (written by
+        whichever process served Allocate) and those of the plugin served here."""
+        mine = {g.uuid for g in self.gpus}
+        found = records.load_all(Path(self.config.status_host_dir))
+        if self.gpu_plugin is not None:
+            found.update(self.gpu_plugin.allocations)
+        return {a: r for a, r in found.items() if set(r.gpu_uuids) <= mine}
+
+    def units_by_gpu(self) -> dict[str, int]:
+        """Units handed out per GPU (drives the simulated utilisation)."""
+        out: dict[str, int] = {}
+        for a in self.allocations().values():
+            for u in a.gpu_uuids:
+                out[u] = out.get(u, 0) + a.units // len(a.gpu_uuids)
+        return out
+
     def partition_table(self) -> list[dict[str, Any]]:
         """Which allocation holds which share of which GPU, by which mechanism."""
-        if self.gpu_plugin is None:
-            return []
         shim: dict[str, list[dict]] = {}
         for s in read_status_dir(Path(self.config.status_host_dir)):
             shim.setdefault(s["allocation_id"], []).append(s)
         mps_up = bool(self.mps and self.mps.status().running)
-        index = {g.uuid: g.index for g in self.gpu_plugin.gpus}
+        index = {g.uuid: g.index for g in self.gpus}
         rows = []
-        for a in sorted(self.gpu_plugin.allocations.values(), key=lambda a: a.created_at):
+        for a in sorted(self.allocations().values(), key=lambda a: a.created_at):
             lines = shim.get(a.allocation_id, [])
             reported = sorted({str(x["mechanism"]) for x in lines if "mechanism" in x})
             if reported:
@@ -222,9 +251,9 @@ class NodeAgent:
 
     def simulate_gpu_failure(self, index: int, failed: bool = True) -> bool:
         """Simulated GPUs only: fail / recover one (for drills); False on real GPUs."""
-        if not isinstance(self.backend, SimulatedBackend) or self.gpu_plugin is None:
+        if not isinstance(self.backend, SimulatedBackend) or not self.gpus:
             return False
-        uuid = self.gpu_plugin.gpus[index].uuid
+        uuid = self.gpus[index].uuid
         (self.backend.fail if failed else self.backend.recover)(uuid)
         return True
 

@@ -119,8 +119,8 @@ def read_status_dir(status_dir: Path) -> list[dict[str, Any]]:
     if not status_dir.is_dir():
         return out
     for alloc_dir in status_dir.iterdir():
-        if not alloc_dir.is_dir():
-            continue
+        if not alloc_dir.is_dir() or alloc_dir.name.startswith("."):
+            continue  # `.allocations` holds the plugin's records, not shim status
         for f in alloc_dir.iterdir():
             try:
                 lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]

@@ -192,6 +192,9 @@ def agent(
     gpu: Annotated[bool, typer.Option(help="run the GPU plugin")] = True,
     npu: Annotated[bool, typer.Option(help="run the NPU plugin")] = False,
     mps: Annotated[bool, typer.Option(help="manage the MPS control daemon")] = True,
+    serve_plugins: Annotated[
+        bool, typer.Option(help="serve the kubelet plugins in the agent (off: a DaemonSet does)")
+    ] = True,
     mps_pipe_dir: Annotated[str, typer.Option()] = MPS_PIPE_DIR,
     mps_log_dir: Annotated[str, typer.Option()] = MPS_LOG_DIR,
     status_dir: Annotated[str, typer.Option()] = VAI_STATUS_HOST_DIR,
@@ -218,6 +221,7 @@ def agent(
         npu=npu,
         simulate=simulate,
         mps=mps,
+        serve_plugins=serve_plugins,
         mps_pipe_dir=mps_pipe_dir,
         mps_log_dir=mps_log_dir,
         status_host_dir=status_dir,

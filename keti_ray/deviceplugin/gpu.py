@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 import uuid as uuidlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,7 +29,9 @@ from keti_ray.constants import (
     SHIM_LIBRARY_NAME,
     VAI_STATUS_HOST_DIR,
 )
+from keti_ray.deviceplugin import allocations as records
 from keti_ray.deviceplugin._gen import api_pb2 as pb
+from keti_ray.deviceplugin.allocations import GpuAllocation
 from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo
 from keti_ray.deviceplugin.preferred import Chooser, make_chooser
 from keti_ray.deviceplugin.server import HEALTHY, UNHEALTHY, DevicePluginServer, PluginError
@@ -46,19 +47,6 @@ ANNOTATION_UNITS = "keti.re.kr/gpu-pct"
 ANNOTATION_ALLOCATION = "keti.re.kr/allocation-id"
 _MEMORY_RE = re.compile(r"^([1-9]\d*)(Ki|Mi|Gi|Ti)$")
 _MIB_PER = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
-
-
-@dataclass
-class GpuAllocation:
-    """One Allocate answer: which units of which GPUs a container got."""
-
-    allocation_id: str
-    gpu_uuids: tuple[str, ...]
-    units: int
-    device_ids: frozenset[str]
-    bless_limit_pct: int | None
-    memory_limit: str | None
-    created_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -136,7 +124,13 @@ class GpuPlugin(DevicePluginServer):
         self._health_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._halt = threading.Event()
-        self.allocations: dict[str, GpuAllocation] = {}
+        # what this node handed out, recovered from the status directory after a restart
+        known = set(self._by_uuid)
+        self.allocations: dict[str, GpuAllocation] = {
+            a: rec
+            for a, rec in records.load_all(self.status_host_dir).items()
+            if set(rec.gpu_uuids) <= known
+        }
         self._alloc_lock = threading.Lock()
 
     # ----- devices and health ------------------------------------------------------------
@@ -153,16 +147,6 @@ class GpuPlugin(DevicePluginServer):
             )
             for unit in range(GPU_UNITS_PER_DEVICE):
                 out.append(pb.Device(ID=device_id(g.uuid, unit), health=health, topology=topo))
-        return out
-
-    def units_by_gpu(self) -> dict[str, int]:
-        """Units handed out per GPU, from the allocations this plugin still knows of."""
-        out: dict[str, int] = {}
-        with self._alloc_lock:
-            for a in self.allocations.values():
-                per_gpu = a.units // len(a.gpu_uuids)
-                for u in a.gpu_uuids:
-                    out[u] = out.get(u, 0) + per_gpu
         return out
 
     def gpu_healthy(self, uuid: str) -> bool:
@@ -235,6 +219,7 @@ class GpuPlugin(DevicePluginServer):
     def preferred_allocation(
         self, request: pb.PreferredAllocationRequest
     ) -> pb.PreferredAllocationResponse:
+        self._prune(request)
         answers = []
         for creq in request.container_requests:
             answers.append(
@@ -244,7 +229,6 @@ class GpuPlugin(DevicePluginServer):
                     creq.allocation_size,
                 )
             )
-        self._prune(request)
         return pb.PreferredAllocationResponse(
             container_responses=[
                 pb.ContainerPreferredAllocationResponse(deviceIDs=a) for a in answers
@@ -257,8 +241,11 @@ class GpuPlugin(DevicePluginServer):
         for creq in request.container_requests:
             available.update(creq.available_deviceIDs)
         with self._alloc_lock:
-            for aid in [a for a, v in self.allocations.items() if v.device_ids <= available]:
+            ended = [a for a, v in self.allocations.items() if v.device_ids <= available]
+            for aid in ended:
                 del self.allocations[aid]
+        for aid in ended:
+            records.remove(self.status_host_dir, aid)
 
     def _prefer(self, available: list[str], must: list[str], size: int) -> list[str]:
         per = GPU_UNITS_PER_DEVICE
@@ -376,8 +363,15 @@ class GpuPlugin(DevicePluginServer):
             mem_mib = self._memory_mib_for(self._by_uuid[uuids[0]], units)
             mem = None if mem_mib is None else f"{mem_mib}Mi"
             alloc_id = uuidlib.uuid4().hex[:12]
-            status_host = self.status_host_dir / alloc_id
-            status_host.mkdir(parents=True, exist_ok=True)
+            record = GpuAllocation(
+                allocation_id=alloc_id,
+                gpu_uuids=uuids,
+                units=units,
+                device_ids=frozenset(creq.devices_ids),
+                bless_limit_pct=bless,
+                memory_limit=mem,
+            )
+            status_host = records.save(self.status_host_dir, record)
             # the same env the Serve allocator reports for a placement (keti_ray.podenv)
             envs = gpu_pod_env(
                 uuids,
@@ -406,20 +400,15 @@ class GpuPlugin(DevicePluginServer):
             responses.append(
                 pb.ContainerAllocateResponse(envs=envs, mounts=mounts, annotations=annotations)
             )
-            record = GpuAllocation(
-                allocation_id=alloc_id,
-                gpu_uuids=uuids,
-                units=units,
-                device_ids=frozenset(creq.devices_ids),
-                bless_limit_pct=bless,
-                memory_limit=mem,
-            )
             with self._alloc_lock:
-                for old in [
+                replaced = [
                     a for a, v in self.allocations.items() if v.device_ids & record.device_ids
-                ]:
+                ]
+                for old in replaced:
                     del self.allocations[old]  # those units were freed and handed out again
                 self.allocations[alloc_id] = record
+            for old in replaced:
+                records.remove(self.status_host_dir, old)
             if self.on_allocate is not None:
                 self.on_allocate(record)
         return pb.AllocateResponse(container_responses=responses)

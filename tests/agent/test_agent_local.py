@@ -155,3 +155,39 @@ def test_agent_cli_local_writes_telemetry(short_tmp):
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) >= 5 and all(r["kind"] == "gpu" for r in records)
     assert not (short_tmp / "dp" / "keti-gpu.sock").exists()
+
+
+def test_agent_reads_the_partition_of_a_plugin_served_elsewhere(short_tmp):
+    """The DaemonSet layout: `keti-ray plugin gpu` serves Allocate, the agent (another
+    process) only reads the status directory."""
+    from keti_ray.deviceplugin.gpu import GpuPlugin
+    from keti_ray.deviceplugin.nvml import SimulatedBackend
+
+    kubelet = KubeletEmulator(short_tmp / "dp").start()
+    plugin = GpuPlugin(
+        SimulatedBackend(2, seed="node-a"), short_tmp / "dp", status_host_dir=str(short_tmp / "st")
+    )
+    plugin.start()
+    cfg = AgentConfig(
+        node_name="node-a",
+        simulate=2,
+        serve_plugins=False,
+        mps=False,
+        status_host_dir=str(short_tmp / "st"),
+        plugin_dir=str(short_tmp / "unused"),
+    )
+    agent = NodeAgent(cfg, ListSink())
+    try:
+        assert agent.info()["plugins"] == {} and len(agent.info()["gpus"]) == 2
+        assert kubelet.wait_for(lambda k: k.capacity(GPU_RESOURCE) == 200, 5)
+        _, resp = kubelet.admit(GPU_RESOURCE, 40)
+        (row,) = agent.partition_table()
+        assert row["allocation_id"] == resp.annotations["keti.re.kr/allocation-id"]
+        assert row["units"] == 40 and row["mechanism"] == "shim"
+        gpu = {r["gpu_uuid"]: r for r in agent.sample_now() if r["kind"] == "gpu"}
+        assert gpu[row["gpu_uuid"]]["allocated_units"] == 40
+        assert not (short_tmp / "unused").exists()  # no plugin served by the agent
+    finally:
+        agent.stop()
+        plugin.stop()
+        kubelet.stop()

@@ -271,3 +271,27 @@ def test_preferred_gpu_is_fgds_choice(kubelet, make_gpu_plugin):
     want = make_allocator("fgd", seed=0).place(state, PodRequest("p", 0, 0, 1, 100))
     assert chosen == {gpus[want.gpus[0]].uuid}
     assert want.gpus[0] != 2  # best fit would take GPU 2 (exactly 10 free); FGD does not
+
+
+def test_allocations_survive_a_plugin_restart_and_end_when_units_return(
+    kubelet, make_gpu_plugin, plugin_dir
+):
+    plugin, _ = make_gpu_plugin(2)
+    plugin.start()
+    assert kubelet.wait_for(lambda k: k.capacity(R) == 200, 5)
+    ids, resp = kubelet.admit(R, 30)
+    aid = resp.annotations["keti.re.kr/allocation-id"]
+    record = plugin_dir / "status" / ".allocations" / f"{aid}.json"
+    assert record.is_file() and (plugin_dir / "status" / aid).is_dir()
+    # the record is not inside the directory the pod mounts
+    assert not any(m.host_path == str(record.parent) for m in resp.mounts)
+    plugin.stop()
+
+    again, _ = make_gpu_plugin(2)  # same node, same status directory
+    assert set(again.allocations) == {aid} and again.allocations[aid].units == 30
+    again.start()
+    assert kubelet.wait_for(lambda k: again.registrations >= 1 and k.capacity(R) == 200, 5)
+    kubelet.release(R, ids)  # the pod ended: kubelet offers its units again
+    kubelet.preferred(R, 10)
+    assert again.allocations == {} and not record.exists()
+    assert not (plugin_dir / "status" / aid).exists()
