@@ -5,7 +5,8 @@ Runs, each step timed and guarded by timeouts, the whole in under 2 minutes:
   1. NVML discovery through the real driver (UUID, SMs, memory, NUMA node), probe, XID set;
   2. the GPU plugin (real NVML backend) against the kubelet emulator on a temporary
      kubelet.sock: registration, the full device list, GetPreferredAllocation + Allocate
-     for 25 units and for a whole GPU;
+     for 25 units and for a whole GPU; then a NodeAgent (no plugins of its own) samples NVML
+     telemetry and reads the partition table those Allocate answers left;
   3. the agent's MpsDaemon: start nvidia-cuda-mps-control -d on a private pipe directory,
      health check, then (4) and stop;
   4. with torch present: a child process started with the env and mounts of the Allocate
@@ -259,6 +260,30 @@ def main() -> None:
             }  # fmt: skip
 
         rep.step("plugin_with_kubelet_emulator", plugin_step)
+
+        def agent_step():
+            # the agent as deployed beside the plugin DaemonSet: reads the same status dir
+            from keti_ray.agent.node_agent import AgentConfig, NodeAgent
+            from keti_ray.agent.telemetry import ListSink
+
+            cfg = AgentConfig(
+                plugin_dir=str(tmp / "agent-dp"), serve_plugins=False, mps=False,
+                status_host_dir=str(tmp / "status"), telemetry_interval_s=0.2,
+            )  # fmt: skip
+            agent = NodeAgent(cfg, ListSink())
+            try:
+                time.sleep(0.5)
+                batch = agent.sample_now()
+                return {
+                    "gpu_samples": [r for r in batch if r["kind"] == "gpu"],
+                    "process_samples": len([r for r in batch if r["kind"] == "process"]),
+                    "partition_table": agent.partition_table(),
+                    "sampler_batches": agent.sampler.samples,
+                }
+            finally:
+                agent.stop()
+
+        rep.step("agent_telemetry_and_partition", agent_step)
 
         mps = MpsDaemon(tmp / "mps-pipe", tmp / "mps-log", timeout_s=15)
         st["mps"] = mps

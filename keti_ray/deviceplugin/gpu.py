@@ -165,7 +165,13 @@ class GpuPlugin(DevicePluginServer):
 
     def _xid_loop(self) -> None:
         while not self._halt.is_set():
-            for uuid, xid in self.backend.wait_xid(0.5):
+            try:
+                events = self.backend.wait_xid(0.5)
+            except Exception:  # the watcher must outlive a broken event API; probes go on
+                log.exception("XID wait failed; XID events not watched for 5 s")
+                self._halt.wait(5.0)
+                continue
+            for uuid, xid in events:
                 with self._health_lock:
                     if uuid in self._health:
                         self._health[uuid].ok_streak = 0
@@ -174,7 +180,11 @@ class GpuPlugin(DevicePluginServer):
     def _probe_loop(self) -> None:
         while not self._halt.wait(self.probe_interval_s):
             for g in self.gpus:
-                ok = self.backend.probe(g.uuid)
+                try:
+                    ok = self.backend.probe(g.uuid)
+                except Exception:  # a probe that cannot run cannot vouch for the GPU
+                    log.exception("health probe of %s raised", g.uuid)
+                    ok = False
                 with self._health_lock:
                     h = self._health[g.uuid]
                     h.ok_streak = h.ok_streak + 1 if ok else 0

@@ -112,12 +112,12 @@ class NvmlBackend:
             _, _, pending, failed = nv.nvmlDeviceGetRemappedRows(h)
             if pending or failed:
                 return False
-        except nv.NVMLError:
-            pass  # not supported on this GPU
+        except (nv.NVMLError, AttributeError):
+            pass  # not supported on this GPU, or by these bindings
         try:  # page retirement (older GPUs): pending -> needs a reset
             if nv.nvmlDeviceGetRetiredPagesPendingStatus(h) == nv.NVML_FEATURE_ENABLED:
                 return False
-        except nv.NVMLError:
+        except (nv.NVMLError, AttributeError):
             pass
         return True
 
@@ -159,7 +159,7 @@ class NvmlBackend:
                     {"pid": int(s.pid), "sm_pct": float(s.smUtil), "memory_pct": float(s.memUtil)}
                 )
                 self._last_proc_ts[uuid] = max(since, int(s.timeStamp))
-        except nv.NVMLError:
+        except (nv.NVMLError, AttributeError):
             pass  # no process samples since last time, or not supported
         try:  # memory per compute process (under MPS the clients appear here)
             by_pid = {p["pid"]: p for p in procs}
@@ -168,7 +168,7 @@ class NvmlBackend:
                 entry = by_pid.setdefault(int(cp.pid), {"pid": int(cp.pid)})
                 entry["memory_used_mib"] = None if used is None else used / (1024 * 1024)
             procs = list(by_pid.values())
-        except nv.NVMLError:
+        except (nv.NVMLError, AttributeError):
             pass
         return GpuUtilisation(
             sm_pct=float(rates.gpu),
