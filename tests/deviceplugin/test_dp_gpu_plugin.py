@@ -295,3 +295,29 @@ def test_allocations_survive_a_plugin_restart_and_end_when_units_return(
     kubelet.preferred(R, 10)
     assert again.allocations == {} and not record.exists()
     assert not (plugin_dir / "status" / aid).exists()
+
+
+def test_a_probe_that_raises_marks_unhealthy_and_the_watcher_survives(kubelet, plugin_dir):
+    from keti_ray.deviceplugin.gpu import GpuPlugin
+    from keti_ray.deviceplugin.nvml import SimulatedBackend
+
+    class Flaky(SimulatedBackend):
+        broken = True
+
+        def probe(self, uuid):
+            if self.broken:
+                raise AttributeError("old bindings without this NVML call")
+            return super().probe(uuid)
+
+    backend = Flaky(1, seed="flaky")
+    plugin = GpuPlugin(
+        backend, plugin_dir, status_host_dir=str(plugin_dir / "st"), probe_interval_s=0.1,
+        recovery_probes=2,
+    )  # fmt: skip
+    plugin.start()
+    try:
+        assert kubelet.wait_for(lambda k: len(k.devices(R)) == 100 and k.capacity(R) == 0, 3)
+        backend.broken = False
+        assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 2)
+    finally:
+        plugin.stop()
