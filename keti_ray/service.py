@@ -23,6 +23,8 @@ from keti_ray.allocators.base import Allocator
 from keti_ray.cluster import ClusterState, ModelError, NodeSpec, Placement, PodRequest
 from keti_ray.fragmentation import FragmentationModel, TypicalPods, fragmentation_pct
 from keti_ray.podenv import gpu_memory_mib, gpu_pod_env, simulated_gpu_uuid, sm_pct_for_milli
+from keti_ray.promotion import read_pointer
+from keti_ray.telemetry import TelemetryStore
 
 DEFAULT_MECHANISM = "mps"
 
@@ -62,18 +64,30 @@ class PolicySpec:
 
     name: str = "fgd"
     checkpoint: str | None = None
+    sha256: str | None = None
+    pointer: str | None = None
 
     @classmethod
     def from_config(cls, config: dict | None) -> PolicySpec:
+        """From a Serve user_config: {"policy": NAME}, {"checkpoint": PATH, "sha256": HEX},
+        or {"pointer": PATH} (a serving pointer written by `keti-ray retrain`)."""
         config = dict(config or {})
-        unknown = set(config) - {"policy", "checkpoint"}
+        unknown = set(config) - {"policy", "checkpoint", "sha256", "pointer"}
         if unknown:
             raise ValueError(
-                f"user_config: unknown key(s) {sorted(unknown)}; accepted: policy, checkpoint"
+                f"user_config: unknown key(s) {sorted(unknown)}; "
+                "accepted: policy, checkpoint, sha256, pointer"
             )
+        if config.get("pointer"):
+            return cls.from_pointer(config["pointer"])
         checkpoint = config.get("checkpoint")
         name = config.get("policy") or ("ppo" if checkpoint else "fgd")
-        return cls(name=name, checkpoint=checkpoint)
+        return cls(name=name, checkpoint=checkpoint, sha256=config.get("sha256"))
+
+    @classmethod
+    def from_pointer(cls, path: str) -> PolicySpec:
+        record = read_pointer(path)
+        return cls(record["policy"], record.get("checkpoint"), record.get("sha256"), str(path))
 
 
 @dataclass
@@ -115,6 +129,7 @@ class AllocationService:
         policy: PolicySpec | None = None,
         journal: str | Path | None = None,
         seed: int = 0,
+        telemetry: TelemetryStore | None = None,
     ) -> None:
         self.state = ClusterState(nodes)
         self.typical = typical or TypicalPods.default()
@@ -136,6 +151,9 @@ class AllocationService:
         self.journal_path = Path(journal) if journal else None
         if self.journal_path is not None:
             self._replay_journal()
+        self.telemetry = telemetry
+        self._events: list[dict] = []
+        self._last_event_push = time.monotonic()
 
     # ---- policy ------------------------------------------------------------------------
 
@@ -166,6 +184,19 @@ class AllocationService:
             self.policy_spec = spec
         return version
 
+    def refresh_pointer(self) -> str:
+        """Follow a serving pointer that a retrain has switched since the last look."""
+        pointer = self.policy_spec.pointer
+        if pointer:
+            try:
+                spec = PolicySpec.from_pointer(pointer)
+            except ValueError as exc:
+                self.policy_error = str(exc)
+                return self.policy_version
+            if spec != self.policy_spec:
+                self.set_policy(spec)
+        return self.policy_version
+
     # ---- decisions ---------------------------------------------------------------------
 
     def allocate(self, pod: PodRequest, dry_run: bool = False) -> Decision:
@@ -189,6 +220,7 @@ class AllocationService:
                         "placement": placement_to_dict(placement),
                     }
                 )
+                self._event("allocate", pod, placement.node, elapsed * 1000)
             self._metrics.decisions.labels(
                 self.policy_version, "dry_run" if dry_run else "placed"
             ).inc()
@@ -209,10 +241,12 @@ class AllocationService:
 
     def release(self, name: str) -> bool:
         with self._lock:
+            entry = self.state.placements.get(name)
             placement = self.state.release(name)
-            if placement is None:
+            if placement is None or entry is None:
                 return False
             self._journal({"op": "release", "pod": name})
+            self._event("release", entry[0], placement.node, None)
             self._metrics.releases.inc()
             return True
 
@@ -332,6 +366,41 @@ class AllocationService:
                 out.append({"Host": name, "Score": score})
             return out
 
+    # ---- telemetry -----------------------------------------------------------------------
+
+    def _event(self, op: str, pod: PodRequest, node: int, ms: float | None) -> None:
+        """Queue an allocator event for the telemetry store; pushed in batches."""
+        if self.telemetry is None:
+            return
+        self._events.append(
+            {
+                "time": time.time(),
+                "node": self.state.names[node],
+                "op": op,
+                "pod": pod.name,
+                "policy": self.policy_version,
+                "cpu_milli": pod.cpu_milli,
+                "memory_mib": pod.memory_mib,
+                "num_gpu": pod.num_gpu,
+                "gpu_milli": pod.gpu_milli,
+                "gpu_spec": "|".join(sorted(pod.gpu_spec)),
+                "decision_ms": ms,
+                "unallocated_gpu_pct": self.state.unallocated_gpu_pct(),
+            }
+        )
+        if len(self._events) >= 256 or time.monotonic() - self._last_event_push > 1.0:
+            self.push_events()
+
+    def push_events(self) -> int:
+        """Hand queued events to the telemetry store (durable once this returns)."""
+        with self._lock:
+            if self.telemetry is None or not self._events:
+                return 0
+            events, self._events = self._events, []
+            self._last_event_push = time.monotonic()
+            events[-1]["frag_pct"] = fragmentation_pct(self.state, self._frag_model)
+            return self.telemetry.push("events", events)
+
     # ---- journal -------------------------------------------------------------------------
 
     def _journal(self, record: dict) -> None:
@@ -362,6 +431,17 @@ class AllocationService:
                     self.state.allocate(pod, placement)
             elif record.get("op") == "release":
                 self.state.release(record["pod"])
+
+
+def load_ppo(spec: PolicySpec, typical: TypicalPods, seed: int) -> tuple[Allocator, str]:
+    """The PPO allocator of a verified checkpoint and its version `ppo@<digest[:12]>`."""
+    from keti_ray.rl.checkpoint import verify_checkpoint
+    from keti_ray.rl.policy import DEFAULT_CHECKPOINT, load_ppo_allocator
+
+    root = spec.checkpoint or DEFAULT_CHECKPOINT
+    manifest = verify_checkpoint(root, expected_sha256=spec.sha256)
+    allocator = load_ppo_allocator(root, typical=typical, seed=seed)
+    return allocator, f"ppo@{manifest['checkpoint_sha256'][:12]}"
 
 
 def describe(pod: PodRequest) -> str:

@@ -186,12 +186,13 @@ def build_app(args: dict[str, Any] | None = None):
         sim_nodes=int(sim) if sim is not None else None,
         pods_csv=args.pop("pods_csv", None),
         journal=args.pop("journal", None),
+        telemetry_dir=args.pop("telemetry_dir", None),
     )
     if args:
-        accepted = "nodes_csv, sim_nodes, pods_csv, journal"
+        accepted = "nodes_csv, sim_nodes, pods_csv, journal, telemetry_dir"
         raise ValueError(f"unknown app argument(s) {sorted(args)}; accepted: {accepted}")
     defaults = ClusterSource.from_env()
-    for name in ("nodes_csv", "sim_nodes", "pods_csv", "journal"):
+    for name in ("nodes_csv", "sim_nodes", "pods_csv", "journal", "telemetry_dir"):
         if getattr(source, name) is None:
             setattr(source, name, getattr(defaults, name))
     return AllocatorIngress.bind(source)

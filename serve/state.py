@@ -8,7 +8,8 @@ failure and rebuilds its placements from the journal.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -17,6 +18,7 @@ from keti_ray.cluster import NodeSpec, PodRequest
 from keti_ray.fragmentation import TypicalPods
 from keti_ray.service import AllocationService, NoFit, PolicySpec
 from keti_ray.simcluster import simulated_nodes
+from keti_ray.telemetry import TelemetryStore
 from keti_ray.trace import load_nodes, load_pods
 
 STATE_ACTOR_NAME = "keti-ray-allocator-state"
@@ -31,7 +33,7 @@ class ClusterSource:
     sim_nodes: int | None = None
     pods_csv: str | None = None
     journal: str | None = None
-    extra: dict = field(default_factory=dict)
+    telemetry_dir: str | None = None
 
     @classmethod
     def from_env(cls) -> ClusterSource:
@@ -42,6 +44,7 @@ class ClusterSource:
             sim_nodes=int(sim) if sim else None,
             pods_csv=os.environ.get("KETI_PODS_CSV") or None,
             journal=os.environ.get("KETI_JOURNAL") or None,
+            telemetry_dir=os.environ.get("KETI_TELEMETRY_DIR") or None,
         )
 
     def nodes(self) -> list[NodeSpec]:
@@ -60,12 +63,28 @@ class AllocatorState:
     def __init__(self, source: ClusterSource, policy: dict | None = None) -> None:
         if source.journal:
             Path(source.journal).parent.mkdir(parents=True, exist_ok=True)
+        telemetry = None
+        if source.telemetry_dir:
+            telemetry = TelemetryStore(source.telemetry_dir, writer="allocator")
         self.service = AllocationService(
             source.nodes(),
             typical=source.typical(),
             policy=PolicySpec.from_config(policy),
             journal=source.journal,
+            telemetry=telemetry,
         )
+        self.telemetry = telemetry
+        threading.Thread(target=self._maintenance_loop, daemon=True).start()
+
+    def _maintenance_loop(self, period_s: float = 2.0) -> None:
+        """Every couple of seconds: follow the serving pointer, push queued events and turn
+        the telemetry log into Parquet."""
+        stop = threading.Event()
+        while not stop.wait(period_s):
+            self.service.refresh_pointer()
+            if self.telemetry is not None:
+                self.service.push_events()
+                self.telemetry.flush()
 
     def allocate(self, pod: PodRequest, dry_run: bool) -> dict:
         try:

@@ -79,3 +79,22 @@ def test_metrics_text_has_decisions_and_gauges():
     assert 'keti_allocator_decisions_total{outcome="placed",policy="fgd"} 1.0' in text
     assert "keti_allocator_decision_seconds_bucket" in text
     assert "keti_cluster_unallocated_gpu_pct" in text and "keti_cluster_fragmentation_pct" in text
+
+
+def test_serving_pointer_is_followed(tmp_path):
+    from keti_ray.promotion import PointerError, read_pointer, write_pointer
+
+    pointer = tmp_path / "serving.json"
+    write_pointer(pointer, None, None, policy="bestfit")
+    service = AllocationService(
+        simulated_nodes(2), policy=PolicySpec.from_config({"pointer": str(pointer)})
+    )
+    assert service.policy_version == "bestfit"
+    write_pointer(pointer, None, None, policy="packing")
+    assert service.refresh_pointer() == "packing"
+    pointer.write_text("{not json")
+    assert service.refresh_pointer() == "packing"  # a broken pointer keeps the current policy
+    assert "not JSON" in service.policy_error
+    with pytest.raises(PointerError, match="field 'sha256'"):
+        write_pointer(pointer, tmp_path, "abc", policy="ppo")
+        read_pointer(pointer)

@@ -30,6 +30,7 @@ def up_command(
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     journal: Path = typer.Option(None, help="Append placements here; a restart replays them."),
+    telemetry: Path = typer.Option(None, help="Telemetry store folder (allocator events)."),
     replicas: int = typer.Option(1, help="Serve replicas of the allocator."),
     exit_after: float = typer.Option(None, hidden=True, help="Stop after this many seconds."),
 ) -> None:
@@ -50,6 +51,7 @@ def up_command(
         sim_nodes=None if nodes else sim_nodes,
         pods_csv=str(pods) if pods else None,
         journal=str(journal) if journal else None,
+        telemetry_dir=str(telemetry) if telemetry else None,
     )
     typer.echo("starting Ray ...", err=True)
     ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="keti-ray")
