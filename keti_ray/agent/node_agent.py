@@ -116,6 +116,7 @@ class NodeAgent:
             self.sink,
             status_dir=Path(cfg.status_host_dir),
             units_by_gpu=self.units_by_gpu,
+            partition=self.partition_table,
             interval_s=cfg.telemetry_interval_s,
         )
         self.sampler.start()
@@ -261,6 +262,9 @@ class NodeAgent:
         """Stop plugins and telemetry (and the MPS daemon when asked: pods may still use it)."""
         self._halt.set()
         self.sampler.stop()
+        flush = getattr(self.sink, "flush", None)
+        if callable(flush):
+            flush()
         for p in (self.gpu_plugin, self.npu_plugin):
             if p is not None:
                 p.stop()

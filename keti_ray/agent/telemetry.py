@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -146,6 +147,7 @@ class TelemetrySampler:
         *,
         status_dir: Path | None = None,
         units_by_gpu: Callable[[], dict[str, int]] | None = None,
+        partition: Callable[[], list[dict[str, Any]]] | None = None,
         interval_s: float = 1.0,
     ) -> None:
         self.node = node
@@ -154,6 +156,7 @@ class TelemetrySampler:
         self.sink = sink
         self.status_dir = status_dir
         self.units_by_gpu = units_by_gpu or (lambda: {})
+        self.partition = partition or (lambda: [])
         self.interval_s = interval_s
         self.samples = 0
         self.errors = 0
@@ -191,6 +194,16 @@ class TelemetrySampler:
             )
             for p in u.processes:
                 out.append({**base, "kind": "process", **p})
+        for row in self.partition():  # who holds which share, by which mechanism
+            out.append(
+                {
+                    "ts": now,
+                    "node": self.node,
+                    "kind": "allocation",
+                    **{k: row[k] for k in ("gpu_uuid", "allocation_id", "pod", "units")},
+                    "mechanism": row["mechanism"],
+                }
+            )
         if self.status_dir is not None:
             for s in read_status_dir(self.status_dir):
                 out.append({"ts": now, "node": self.node, "kind": "shim", **s})
@@ -233,3 +246,67 @@ class JsonlSink:
         text = "".join(json.dumps(r, default=str) + "\n" for r in records)
         with self._lock, self.path.open("a") as f:
             f.write(text)
+
+
+def to_store_samples(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """Sampler records -> rows of the telemetry store's `samples` kind.
+
+    One row per GPU (its SM utilisation and memory), and one per allocation on it (the pod,
+    or `alloc:<id>` where the shim has not named it, its granted SM percent and mechanism).
+    """
+    rows: list[dict[str, Any]] = []
+    util = {}
+    for r in records:
+        if r["kind"] == "gpu":
+            util[(r["node"], r["gpu_uuid"])] = r["sm_pct"]
+            rows.append(
+                {
+                    "time": r["ts"],
+                    "node": r["node"],
+                    "gpu_uuid": r["gpu_uuid"],
+                    "sm_util_pct": float(r["sm_pct"]),
+                    "memory_used_mib": float(r["memory_used_mib"]),
+                    "mechanism": None,
+                }
+            )
+    for r in records:
+        if r["kind"] == "allocation":
+            rows.append(
+                {
+                    "time": r["ts"],
+                    "node": r["node"],
+                    "gpu_uuid": r["gpu_uuid"],
+                    "pod": r["pod"] or f"alloc:{r['allocation_id']}",
+                    "sm_pct_granted": float(min(max(r["units"], 1), GPU_UNITS_PER_DEVICE)),
+                    "mechanism": r["mechanism"],
+                }
+            )
+    return rows
+
+
+class StoreSink:
+    """Writes samples into the project's telemetry store (WAL + Parquet, keti_ray.telemetry).
+
+    The store is opened on first use, in the process that samples (so the sink can be handed
+    to a Ray actor); each node writes with its own writer name, so agents can share a root.
+    """
+
+    def __init__(self, root: str | Path, writer: str | None = None) -> None:
+        self.root = str(root)
+        self.writer = writer
+        self._store = None
+
+    def put(self, records: list[Record]) -> None:
+        rows = to_store_samples(records)
+        if not rows:
+            return
+        if self._store is None:
+            from keti_ray.telemetry import TelemetryStore
+
+            name = self.writer or "agent-" + re.sub(r"[^A-Za-z0-9_-]", "-", rows[0]["node"])
+            self._store = TelemetryStore(self.root, writer=name[:80])
+        self._store.push("samples", rows)
+
+    def flush(self) -> None:
+        if self._store is not None:
+            self._store.flush()

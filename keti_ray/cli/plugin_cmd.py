@@ -199,6 +199,10 @@ def agent(
     mps_log_dir: Annotated[str, typer.Option()] = MPS_LOG_DIR,
     status_dir: Annotated[str, typer.Option()] = VAI_STATUS_HOST_DIR,
     interval: Annotated[float, typer.Option(min=0.05, help="telemetry period, seconds")] = 1.0,
+    telemetry_store: Annotated[
+        Path | None,
+        typer.Option(help="write samples into this telemetry store (keti_ray.telemetry)"),
+    ] = None,
     telemetry_out: Annotated[
         Path | None, typer.Option(help="--local: append telemetry as JSONL")
     ] = None,
@@ -212,7 +216,7 @@ def agent(
 ) -> None:
     """Node agents: device plugins + MPS + telemetry (one per node carrying the node resource)."""
     from keti_ray.agent.node_agent import AgentConfig, NodeAgent
-    from keti_ray.agent.telemetry import JsonlSink, ListSink
+    from keti_ray.agent.telemetry import JsonlSink, ListSink, StoreSink
 
     _setup_logging(log_level)
     config = AgentConfig(
@@ -228,7 +232,13 @@ def agent(
         telemetry_interval_s=interval,
     )
     if local:
-        sink = JsonlSink(telemetry_out) if telemetry_out else ListSink()
+        sink = (
+            StoreSink(telemetry_store)
+            if telemetry_store
+            else JsonlSink(telemetry_out)
+            if telemetry_out
+            else ListSink()
+        )
         node = NodeAgent(config, sink)
         typer.echo(json.dumps(node.info(), default=str))
         try:
@@ -242,7 +252,12 @@ def agent(
     from keti_ray.agent.fleet import Fleet
 
     ray.init(address=address, namespace="keti-ray", log_to_driver=False)
-    fleet = Fleet(config, detached=detached, namespace="keti-ray")
+    fleet = Fleet(
+        config,
+        StoreSink(telemetry_store) if telemetry_store else None,
+        detached=detached,
+        namespace="keti-ray",
+    )
     started = fleet.start()
     typer.echo(json.dumps({"started_on": started, "agents": fleet.info()}, default=str))
     if detached:

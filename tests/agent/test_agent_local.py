@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,34 @@ def test_agent_reads_the_partition_of_a_plugin_served_elsewhere(short_tmp):
         agent.stop()
         plugin.stop()
         kubelet.stop()
+
+
+def test_agent_samples_land_in_the_telemetry_store(short_tmp):
+    """StoreSink: per-GPU utilisation and per-allocation grants as `samples` rows."""
+    from keti_ray.agent.telemetry import StoreSink
+    from keti_ray.telemetry import TelemetryStore
+
+    kubelet = KubeletEmulator(short_tmp / "dp").start()
+    cfg = AgentConfig(
+        plugin_dir=str(short_tmp / "dp"),
+        node_name="node-s",
+        simulate=2,
+        mps=False,
+        status_host_dir=str(short_tmp / "st"),
+        telemetry_interval_s=0.1,
+    )
+    agent = NodeAgent(cfg, StoreSink(short_tmp / "store"))
+    try:
+        assert kubelet.wait_for(lambda k: k.capacity(GPU_RESOURCE) == 200, 5)
+        _, resp = kubelet.admit(GPU_RESOURCE, 25)
+        aid = resp.annotations["keti.re.kr/allocation-id"]
+        time.sleep(0.5)
+    finally:
+        agent.stop()
+        kubelet.stop()
+    rows = TelemetryStore(short_tmp / "store", writer="reader").read("samples").to_pylist()
+    assert {r["node"] for r in rows} == {"node-s"}
+    grants = [r for r in rows if r["pod"] == f"alloc:{aid}"]
+    assert grants and all(r["sm_pct_granted"] == 25.0 and r["mechanism"] == "shim" for r in grants)
+    busy = [r for r in rows if r["pod"] is None and r["gpu_uuid"] == grants[0]["gpu_uuid"]]
+    assert busy and busy[-1]["sm_util_pct"] == 25.0  # the simulated model follows the grant
