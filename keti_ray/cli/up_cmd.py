@@ -84,12 +84,12 @@ def up_command(
 
 
 def _start_fleet(source) -> str:
-    """Start one node agent per simulated node where the node agent is available."""
-    try:
-        from keti_ray.agent.fleet import start_local_fleet  # the per-node agents (issue 4)
-    except ImportError:
-        return "no node agents"
-    return start_local_fleet(source)
+    """One node agent per simulated node; their samples go to the telemetry store if set."""
+    from keti_ray.agent.fleet import start_local_fleet
+    from keti_ray.agent.telemetry import StoreSink
+
+    sink = StoreSink(source.telemetry_dir) if source.telemetry_dir else None
+    return start_local_fleet(source, sink=sink)
 
 
 @app.command("allocate")
