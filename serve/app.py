@@ -85,6 +85,16 @@ def require_token(request: Request) -> None:
 Auth = Depends(require_token)
 
 
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field (`loc`) and the reason, without echoing large inputs back."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
 @serve.deployment(
     name="Allocator",
     num_replicas=1,
@@ -165,16 +175,6 @@ class AllocatorIngress:
         scores = await self.state.prioritize.remote(pod, names)
         assert all(0 <= s["Score"] <= MAX_EXTENDER_PRIORITY for s in scores)
         return scores
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each field (`loc`) and the reason, without echoing large inputs back."""
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
-    return JSONResponse(status_code=422, content={"detail": errors})
 
 
 def build_app(args: dict[str, Any] | None = None):

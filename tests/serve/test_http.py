@@ -97,6 +97,7 @@ def test_bad_input_is_422_naming_the_field(served, pod, field):
     r = client.post("/allocate", json={"pod": {**base, **pod}})
     assert r.status_code == 422
     assert any(field in err["loc"] for err in r.json()["detail"]), r.json()
+    assert all(set(err) == {"loc", "msg", "type"} for err in r.json()["detail"])  # no echo
 
 
 def test_rule_errors_and_oversized_body(served):
