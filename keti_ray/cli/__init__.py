@@ -12,6 +12,12 @@ app = typer.Typer(
 )
 
 
+def fail(message: str) -> None:
+    """Print `error: message` on stderr and exit 2 (bad input: nothing was done)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
 @app.callback()
 def _root() -> None:
     """keti-ray: SM-share GPU allocation on Ray (replay, train, serve, device plugins)."""

@@ -11,16 +11,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from keti_ray.cli import app
+from keti_ray.cli import app, fail
 from keti_ray.cluster import ModelError
 from keti_ray.evaluate import REPORT_POINTS, parse_seeds, run_evaluation, summarise
 from keti_ray.paths import default_nodes_csv, pod_list_csv
 from keti_ray.trace import TraceError, load_nodes, load_pods
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("eval")
@@ -42,23 +37,23 @@ def eval_command(
         nodes_csv = nodes or default_nodes_csv()
         pods_csv = pod_list_csv(pods)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     policies = [p.strip() for p in policy.split(",") if p.strip()]
     if not policies:
-        _fail("--policy: name at least one policy")
+        fail("--policy: name at least one policy")
     if tune <= 0:
-        _fail(f"--tune must be > 0, got {tune}")
+        fail(f"--tune must be > 0, got {tune}")
     from keti_ray.allocators import HEURISTICS
 
     for name in policies:
         if name not in HEURISTICS and name != "ppo" and not name.startswith("ppo:"):
-            _fail(f"--policy: {name!r} is unknown; accepted: {', '.join(HEURISTICS)}, ppo[:PATH]")
+            fail(f"--policy: {name!r} is unknown; accepted: {', '.join(HEURISTICS)}, ppo[:PATH]")
 
     try:  # validate the inputs before any work starts
         load_nodes(nodes_csv)
         load_pods(pods_csv)
     except (TraceError, ModelError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     stderr = Console(stderr=True)
     total = len(policies) * len(seed_list)
@@ -82,7 +77,7 @@ def eval_command(
                 nodes_csv, pods_csv, policies, seed_list, tune, workers, on_result=advance
             )
         except (ValueError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
     summary = summarise(results, policies)
     if plot is not None:
         from keti_ray.plotting import plot_curves

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from keti_ray.cli import app
+from keti_ray.cli import app, fail
 from keti_ray.constants import (
     DEVICE_PLUGIN_DIR,
     ENV_GPU_UUID,
@@ -48,11 +48,6 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
 @plugin_app.command("gpu")
 def plugin_gpu(
     plugin_dir: Annotated[Path, typer.Option(help=PLUGIN_DIR_HELP)] = Path(DEVICE_PLUGIN_DIR),
@@ -86,11 +81,11 @@ def plugin_gpu(
     try:
         validate_memory_limit(memory_limit)
     except ValueError as e:
-        _fail(f"--memory-limit: {e}")
+        fail(f"--memory-limit: {e}")
     try:
         backend = open_backend(simulate)
     except Exception as e:
-        _fail(f"NVML unavailable ({e}); on a node without GPUs pass --simulate N")
+        fail(f"NVML unavailable ({e}); on a node without GPUs pass --simulate N")
     only = [u for u in os.environ.get(ENV_GPU_UUID, "").split(",") if u]
     try:
         plugin = GpuPlugin(
@@ -104,7 +99,7 @@ def plugin_gpu(
             only_uuids=only or None,
         )
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     plugin.start()
     typer.echo(
         json.dumps(
@@ -157,7 +152,7 @@ def plugin_npu(
         try:
             npus = discover_npus(sysfs_root, dev_root, env=dict(os.environ))
         except ValueError as e:
-            _fail(str(e))
+            fail(str(e))
     plugin = NpuPlugin(npus, plugin_dir, health_interval_s=health_interval)
     plugin.start()
     typer.echo(

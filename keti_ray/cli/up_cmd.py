@@ -11,13 +11,8 @@ from pathlib import Path
 
 import typer
 
-from keti_ray.cli import app
+from keti_ray.cli import app, fail
 from keti_ray.constants import DEFAULT_API_PORT, ENV_API_PORT, ENV_TOKEN
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("up")
@@ -37,9 +32,9 @@ def up_command(
     """Start Ray, the simulated GPU fleet and the allocator; Ctrl-C stops everything."""
     port = port or int(os.environ.get(ENV_API_PORT, DEFAULT_API_PORT))
     if sim_nodes < 1:
-        _fail(f"--sim-nodes must be >= 1, got {sim_nodes}")
+        fail(f"--sim-nodes must be >= 1, got {sim_nodes}")
     if nodes is not None and not nodes.is_file():
-        _fail(f"--nodes: {nodes} is not a file")
+        fail(f"--nodes: {nodes} is not a file")
     import ray
     from ray import serve
 
