@@ -1,0 +1,198 @@
+"""Online retraining: calibrate from telemetry, warm-start PPO from the serving checkpoint,
+train on the live mix, and promote the candidate only if it beats the serving policy on
+held-out replays of that mix.
+
+Steps (each leaves a file in the output folder, so a failed run says where it stopped):
+  1. mix.json, workload.csv: the workload mix of recent `allocate` events (calibration.py);
+  2. candidate/: a checkpoint trained from the serving one on that workload (keti_ray.rl);
+  3. report.json: candidate vs serving policy on held-out seeds, and the decision;
+  4. the serving pointer (promotion.py) rewritten only when the candidate is better.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keti_ray.calibration import WorkloadMix, throughput_curves, workload_mix
+from keti_ray.cluster import ClusterState, NodeSpec
+from keti_ray.promotion import PointerError, read_pointer, write_pointer
+from keti_ray.replay import replay, tune_workload
+from keti_ray.telemetry import TelemetryStore
+
+
+class RetrainError(RuntimeError):
+    """A retrain that cannot proceed; the message names the step and what is missing."""
+
+
+@dataclass
+class RetrainSettings:
+    telemetry: Path
+    out: Path
+    nodes: list[NodeSpec]
+    serving: str | None = None  # a checkpoint folder or a serving pointer JSON (None: FGD)
+    pointer: Path | None = None  # the serving pointer to rewrite on promotion
+    config: str | None = None  # rllib config file; None = rllib_configs/retrain.yaml
+    iterations: int = 10
+    window_s: float | None = None  # only events this recent (None = all)
+    workload_pods: int = 4000
+    eval_seeds: tuple[int, ...] = (9001, 9002, 9003)
+    min_improvement: float = 0.05  # percentage points of unallocated GPU at the end
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RetrainResult:
+    promoted: bool
+    candidate_pct: float
+    serving_pct: float
+    serving_policy: str
+    candidate: Path | None
+    report: Path
+
+
+def write_workload_csv(mix: WorkloadMix, path: Path, count: int, seed: int) -> Path:
+    """The calibrated mix as an openb-style pod list, for the training environment."""
+    pods = mix.sample(count, seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec"])
+        for p in pods:
+            writer.writerow(
+                [p.name, p.cpu_milli, p.memory_mib, p.num_gpu, p.gpu_milli, "|".join(sorted(p.gpu_spec))]
+            )
+    return path
+
+
+def serving_policy(serving: str | None) -> tuple[str, str | None, str | None]:
+    """(policy name, checkpoint, sha256) of what serves now: a pointer, a folder, or FGD."""
+    if serving is None:
+        return "fgd", None, None
+    path = Path(serving)
+    if path.is_file():
+        try:
+            record = read_pointer(path)
+        except PointerError as exc:
+            raise RetrainError(f"--from: {exc}") from None
+        return record["policy"], record.get("checkpoint"), record.get("sha256")
+    if path.is_dir():
+        return "ppo", str(path), None
+    raise RetrainError(f"--from: {serving} is neither a checkpoint folder nor a serving pointer")
+
+
+def held_out_score(
+    make_allocator: Callable[[int], Any], nodes: list[NodeSpec], mix: WorkloadMix, seeds
+) -> float:
+    """Mean unallocated GPU % after replaying the mix (tuned to 1.3x) on held-out seeds."""
+    typical = mix.typical()
+    capacity = ClusterState(nodes).total_gpu_milli
+    results = []
+    for seed in seeds:
+        pods = mix.sample(max(200, int(1.5 * capacity / 1000 / max(_mean_gpu(mix), 0.05))), seed)
+        workload = tune_workload(pods, capacity, 1.3, seed)
+        result = replay(nodes, workload, make_allocator(seed), seed, typical)
+        curve = result.unallocated_gpu_pct
+        results.append(float(curve[~np.isnan(curve)][-1]))
+    return float(np.mean(results))
+
+
+def _mean_gpu(mix: WorkloadMix) -> float:
+    return float(sum(w * s[1] * s[2] / 1000 for s, w in zip(mix.shapes, mix.weights, strict=True)))
+
+
+def make_policy_factory(name: str, checkpoint: str | None, sha: str | None, typical):
+    """A per-seed allocator factory for the held-out evaluation."""
+    from keti_ray.allocators import HEURISTICS, make_allocator
+
+    if name in HEURISTICS and not checkpoint:
+        return lambda seed: make_allocator(name, typical, seed)
+    from keti_ray.rl.checkpoint import verify_checkpoint
+    from keti_ray.rl.policy import load_ppo_allocator
+
+    verify_checkpoint(checkpoint, expected_sha256=sha) if checkpoint else None
+    return lambda seed: load_ppo_allocator(checkpoint, typical=typical, seed=seed)
+
+
+def retrain(
+    settings: RetrainSettings,
+    train_fn: Callable[..., dict] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> RetrainResult:
+    """The whole loop; `train_fn(cfg, iterations, out_dir, init_from)` trains the candidate."""
+    say = on_phase or (lambda _: None)
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    store = TelemetryStore(settings.telemetry, writer="retrain")
+    since = time.time() - settings.window_s if settings.window_s else None
+
+    say("calibrating from telemetry")
+    try:
+        mix = workload_mix(store.read("events"), since=since)
+    except ValueError as exc:
+        raise RetrainError(f"calibration: {exc}") from None
+    curves = throughput_curves(store.read("samples"))
+    (out / "mix.json").write_text(json.dumps(mix.as_dict(), indent=1) + "\n")
+    workload_csv = write_workload_csv(mix, out / "workload.csv", settings.workload_pods, settings.seed)
+
+    name, checkpoint, sha = serving_policy(settings.serving)
+    say(f"training a candidate from {name}{'@' + checkpoint if checkpoint else ''}")
+    if train_fn is None:
+        from keti_ray.rl.retrain import train_candidate as train_fn
+    trained = train_fn(
+        config=settings.config,
+        workload_csv=workload_csv,
+        nodes=settings.nodes,
+        iterations=settings.iterations,
+        out_dir=out / "candidate",
+        init_from=checkpoint,
+        seed=settings.seed,
+    )
+    candidate, candidate_sha = Path(trained["checkpoint"]), trained["sha256"]
+
+    say("evaluating candidate against the serving policy on held-out replays")
+    typical = mix.typical()
+    serving_pct = held_out_score(
+        make_policy_factory(name, checkpoint, sha, typical), settings.nodes, mix, settings.eval_seeds
+    )
+    candidate_pct = held_out_score(
+        make_policy_factory("ppo", str(candidate), candidate_sha, typical),
+        settings.nodes,
+        mix,
+        settings.eval_seeds,
+    )
+    promoted = candidate_pct <= serving_pct - settings.min_improvement
+    report = {
+        "serving": {"policy": name, "checkpoint": checkpoint, "unallocated_gpu_pct": serving_pct},
+        "candidate": {
+            "checkpoint": str(candidate),
+            "sha256": candidate_sha,
+            "unallocated_gpu_pct": candidate_pct,
+            "training": trained.get("report"),
+        },
+        "eval_seeds": list(settings.eval_seeds),
+        "min_improvement": settings.min_improvement,
+        "promoted": promoted,
+        "mix": mix.as_dict(),
+        "throughput_fits": {k: vars(v) for k, v in curves.items()},
+        "time": time.time(),
+    }
+    if promoted and settings.pointer is not None:
+        write_pointer(settings.pointer, candidate, candidate_sha, policy="ppo", report=str(out / "report.json"))
+        say(f"promoted: {candidate_pct:.2f}% < {serving_pct:.2f}% unallocated; pointer {settings.pointer}")
+    else:
+        say(
+            f"kept the serving policy: candidate {candidate_pct:.2f}% vs serving {serving_pct:.2f}%"
+            if not promoted
+            else "better, but no --pointer to promote through"
+        )
+    report_path = out / "report.json"
+    report_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return RetrainResult(promoted, candidate_pct, serving_pct, name, candidate, report_path)
