@@ -13,8 +13,10 @@
  * Mechanisms, chosen once at cuInit and written to the status line:
  *   none  - BLESS_LIMIT_PCT unset or 100: pass-through (memory quota still applies);
  *   mps   - the device is shared through MPS: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE is set before the
- *           driver initialises (constructor and cuInit), so the runtime's primary context is
- *           capped; explicitly created contexts also get an SM-count execution affinity;
+ *           driver initialises (constructor and cuInit), so every context of the process, the
+ *           runtime's primary context included, is capped to the share; explicitly created
+ *           contexts also get an SM-count execution affinity of that share (or the caller's
+ *           smaller request);
  *   green - no MPS: a green context with the rounded SM count stands in for the primary context
  *           on every thread, and for explicitly created contexts;
  *   failed- neither works: cuInit fails (fail closed: a pod never silently gets the whole GPU).
@@ -331,6 +333,7 @@ static struct {
 } st;
 
 static pthread_mutex_t st_mu = PTHREAD_MUTEX_INITIALIZER;
+static int n_mapped; /* 1 + highest device index whose primary context has a green stand-in */
 static pthread_once_t mech_once = PTHREAD_ONCE_INIT;
 
 static int attr(CUdevice d, CUdevice_attribute a) {
@@ -434,10 +437,13 @@ static void choose_mechanism(void) {
   } else if (!have_dev) {
     st.mech = MECH_NONE; /* nothing to cap; every later context call fails in the driver */
   } else if (attr(d0, CU_DEVICE_ATTRIBUTE_MPS_ENABLED)) {
+    /* The driver applies CUDA_MPS_ACTIVE_THREAD_PERCENTAGE: an MPS client sees only its share
+     * (measured on an H200: 25% -> 32 of 32, 50% -> 66 of 66, both through the attribute and the
+     * device resource), so the share is both what was asked and what was granted, and it is the
+     * affinity given to explicitly created contexts (the full count is the node agent's, via NVML). */
     st.mech = MECH_MPS;
-    s->sms_asked = vai_sms_for_pct(vai_cfg.limit_pct, s->sms_device);
-    s->sms_granted = attr_sms; /* the driver applies CUDA_MPS_ACTIVE_THREAD_PERCENTAGE */
-    st.mps_affinity = s->sms_asked;
+    s->sms_asked = s->sms_granted = attr_sms;
+    st.mps_affinity = attr_sms;
   } else {
     pthread_mutex_lock(&st_mu);
     devstate *ds = plan_device(d0);
@@ -570,6 +576,7 @@ static CUresult green_primary(CUdevice d, CUcontext *out, int retain) {
       CUcontext p = NULL;
       if (real.cuDevicePrimaryCtxRetain && real.cuDevicePrimaryCtxRetain(&p, d) == CUDA_SUCCESS) {
         ds->real_primary = p;
+        if (d + 1 > n_mapped) __atomic_store_n(&n_mapped, d + 1, __ATOMIC_RELEASE);
         if (real.cuDevicePrimaryCtxRelease_v2) real.cuDevicePrimaryCtxRelease_v2(d);
       }
       vai_log(VAI_LOG_INFO, "device %d: green context of %u SMs stands in for the primary", d, got);
@@ -583,10 +590,11 @@ static CUresult green_primary(CUdevice d, CUcontext *out, int retain) {
   return rc;
 }
 
-/* Maps the driver's primary context to its green stand-in. */
+/* Maps the driver's primary context to its green stand-in (cheap: runs on every cuCtxGetCurrent). */
 static CUcontext map_ctx(CUcontext c) {
   if (!c || st.mech != MECH_GREEN) return c;
-  for (int i = 0; i < VAI_MAX_DEV; i++)
+  int n = __atomic_load_n(&n_mapped, __ATOMIC_ACQUIRE);
+  for (int i = 0; i < n; i++)
     if (st.dev[i].real_primary == c && st.dev[i].ctx) return st.dev[i].ctx;
   return c;
 }

@@ -290,7 +290,7 @@ FN(cuDeviceGetDevResource, (CUdevice d, CUdevResource *r, CUdevResourceType t), 
   if (t != CU_DEV_RESOURCE_TYPE_SM) return CUDA_ERROR_INVALID_VALUE;
   memset(r, 0, sizeof *r);
   r->type = CU_DEV_RESOURCE_TYPE_SM;
-  r->sm.smCount = (unsigned)n_sms;
+  r->sm.smCount = visible_sms(); /* measured: an MPS client's resource is its share */
   r->sm.minSmPartitionSize = 8;
   r->sm.smCoscheduledAlignment = 8;
   return CUDA_SUCCESS;

@@ -105,7 +105,7 @@ expect_file status-line "${f:-missing}" '"phase":"exit"' '"mechanism":"green"' '
 rm -f "$TMP"/status/*
 t memory-quota-mps 0 VAI_MEMORY_LIMIT=1Gi BLESS_LIMIT_PCT=50 FAKE_CUDA_MPS=1 "VAI_STATUS_DIR=$TMP/status" "$C" memory
 f=$(ls "$TMP"/status/vai-*.json 2>/dev/null | head -1)
-expect_file status-line-mps "${f:-missing}" '"mechanism":"mps"' '"sms_granted":66' '"sms_asked":66' '"sms_device":132'
+expect_file status-line-mps "${f:-missing}" '"mechanism":"mps"' '"sms_granted":66' '"sms_asked":66' '"sms_device":66'
 t memory-driver-refusal 0 VAI_MEMORY_LIMIT=1Gi FAKE_CUDA_MEM_TOTAL=805306368 "$C" driver_oom
 
 echo "shim tests: $pass passed, $fail failed"

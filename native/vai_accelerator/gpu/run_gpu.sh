@@ -1,0 +1,139 @@
+#!/bin/bash
+# run_gpu.sh - the shim's GPU acceptance runs (issue 3), on the lent machine. Writes to $OUT:
+#   shim_gpu.jsonl  one {"label":..., "result": <workload JSON>} line per run
+#   status.jsonl    the shim's status lines (VAI_STATUS_DIR) of every run
+#   stderr.log      everything the runs printed on stderr; env.txt: GPU and driver
+# Usage (from native/vai_accelerator): bash gpu/run_gpu.sh [sections...]  (default: nomps mps)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/vai_out}
+mkdir -p "$OUT"
+J=$OUT/shim_gpu.jsonl
+ERR=$OUT/stderr.log
+STATUS=/tmp/vai-status
+rm -rf "$STATUS" && mkdir -p "$STATUS"
+LIB=$PWD/build/libvai_accelerator.so
+PY=python3
+SECTIONS=${*:-nomps mps}
+export PYTHONUNBUFFERED=1
+
+{ nvidia-smi --query-gpu=name,driver_version,compute_mode,mig.mode.current,power.limit --format=csv
+  nvcc --version | tail -2; $PY -c 'import torch; print("torch", torch.__version__)'; } >"$OUT/env.txt" 2>&1
+make -s all workloads >"$OUT/build.log" 2>&1 || { cat "$OUT/build.log"; exit 1; }
+
+# run LABEL [VAR=VALUE ...] CMD...: one workload, its last JSON line recorded under LABEL
+run() {
+  local label=$1
+  shift
+  echo "== $label" >>"$ERR"
+  local out
+  out=$(timeout 150 env "$@" 2>>"$ERR" | grep '^{' | tail -1)
+  echo "{\"label\":\"$label\",\"result\":${out:-null}}" >>"$J"
+  echo "$label: ${out:-FAILED}"
+}
+shim() { echo LD_PRELOAD="$LIB" VAI_STATUS_DIR="$STATUS" VAI_LOG_LEVEL=info; }
+
+# pair LABEL SECONDS CMD...: two processes at 50% each under the shim, barrier-aligned
+pair() {
+  local label=$1 secs=$2
+  shift 2
+  local bar
+  bar=$(mktemp -d)
+  for i in 1 2; do
+    (out=$(timeout 150 env $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS="$secs" VAI_BARRIER_DIR="$bar" \
+      VAI_BARRIER_N=2 "$@" 2>>"$ERR" | grep '^{' | tail -1)
+     echo "{\"label\":\"$label/$i\",\"result\":${out:-null}}" >"$bar.$i") &
+  done
+  wait
+  cat "$bar.1" "$bar.2" >>"$J"
+  cat "$bar.1" "$bar.2"
+  rm -rf "$bar" "$bar.1" "$bar.2"
+}
+
+A=build/workload_a B=build/workload_b C=build/workload_c D="$PY workloads/workload_d.py"
+
+overhead() { # three alternating rounds of the empty-kernel launch rate
+  local tag=$1
+  shift
+  for r in 1 2 3; do
+    run "$tag/c/noshim/$r" VAI_WL_LAUNCHES=100000 $C
+    for pct in "$@"; do run "$tag/c/shim$pct/$r" $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_LAUNCHES=100000 $C; done
+  done
+}
+
+if [[ " $SECTIONS " == *" nomps "* ]]; then
+  run nomps/a/noshim VAI_WL_SECONDS=3 $A
+  run nomps/a/shim100 $(shim) BLESS_LIMIT_PCT=100 VAI_WL_SECONDS=3 $A
+  for pct in 25 50 75; do run nomps/a/green$pct $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_SECONDS=3 $A; done
+  run nomps/a/green50-explicit $(shim) BLESS_LIMIT_PCT=50 VAI_WL_CTX=explicit VAI_WL_SECONDS=3 $A
+  run nomps/b/noshim VAI_WL_SECONDS=2 $B
+  run nomps/b/green50 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS=2 $B
+  run nomps/d/noshim VAI_WL_SECONDS=2 $D
+  for pct in 25 50; do run nomps/d/green$pct $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_SECONDS=2 $D; done
+  run nomps/d-quota/4Gi $(shim) VAI_MEMORY_LIMIT=4Gi $D --quota
+  run nomps/d-quota/green50-6Gi $(shim) BLESS_LIMIT_PCT=50 VAI_MEMORY_LIMIT=6Gi $D --quota
+  overhead nomps 100 50
+fi
+
+if [[ " $SECTIONS " == *" mps "* ]]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  trap 'echo quit | timeout 20 nvidia-cuda-mps-control' EXIT
+  timeout 20 nvidia-cuda-mps-control -d && sleep 1
+  run mps/a/noshim VAI_WL_SECONDS=4 $A
+  for pct in 25 50 75; do run mps/a/shim$pct $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_SECONDS=4 $A; done
+  run mps/a/shim50-explicit $(shim) BLESS_LIMIT_PCT=50 VAI_WL_CTX=explicit VAI_WL_SECONDS=3 $A
+  run mps/d/noshim VAI_WL_SECONDS=2 $D
+  for pct in 25 50 75; do run mps/d/shim$pct $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_SECONDS=2 $D; done
+  # Sustained, barrier-aligned: one at 100% for the reference, then two at 50% at once.
+  run mps/a/noshim-5s VAI_WL_SECONDS=5 $A
+  pair mps/a/pair50 5 $A
+  run mps/b/noshim-4s VAI_WL_SECONDS=4 $B
+  run mps/b/shim50-4s $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS=4 $B
+  pair mps/b/pair50 4 $B
+  run mps/d/noshim-4s VAI_WL_SECONDS=4 $D
+  pair mps/d/pair50 4 $D
+  overhead mps 50
+  echo quit | timeout 20 nvidia-cuda-mps-control
+  trap - EXIT
+  tail -5 /tmp/mpslog/control.log >>"$ERR" 2>/dev/null
+fi
+
+# ---- second pass: explicit contexts, PyTorch correctness across MPS shares, pinned overhead ----
+if [[ " $SECTIONS " == *" explicit "* ]]; then
+  run nomps/a/green50-explicit $(shim) BLESS_LIMIT_PCT=50 VAI_WL_CTX=explicit VAI_WL_SECONDS=2 $A
+  run nomps/a/green25-explicit $(shim) BLESS_LIMIT_PCT=25 VAI_WL_CTX=explicit VAI_WL_SECONDS=2 $A
+  run nomps/d/green75 $(shim) BLESS_LIMIT_PCT=75 VAI_WL_SECONDS=1 $D
+fi
+mps_start() {
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  trap 'echo quit | timeout 20 nvidia-cuda-mps-control' EXIT
+  timeout 20 nvidia-cuda-mps-control -d && sleep 1
+}
+mps_stop() { echo quit | timeout 20 nvidia-cuda-mps-control; trap - EXIT; unset CUDA_MPS_PIPE_DIRECTORY; }
+if [[ " $SECTIONS " == *" mpscheck "* ]]; then
+  mps_start
+  run mps/a/shim50-explicit $(shim) BLESS_LIMIT_PCT=50 VAI_WL_CTX=explicit VAI_WL_SECONDS=2 $A
+  run mps/a/shim25-explicit $(shim) BLESS_LIMIT_PCT=25 VAI_WL_CTX=explicit VAI_WL_SECONDS=2 $A
+  run mps/d/env75-noshim CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=75 VAI_WL_SECONDS=1 $D
+  for pct in 75 75 60 70 74 80 90; do run mps/d/shim$pct $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_SECONDS=1 $D; done
+  mps_stop
+fi
+# Launch rate A/B, pinned to one core, ten alternating rounds (CPU-bound: noisy otherwise).
+pinned_ab() {
+  local tag=$1 pct=$2
+  for r in 1 2 3 4 5 6 7 8 9 10; do
+    run "$tag/c/noshim/$r" VAI_WL_LAUNCHES=100000 taskset -c 3 $C
+    run "$tag/c/shim$pct/$r" $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_LAUNCHES=100000 taskset -c 3 $C
+  done
+}
+if [[ " $SECTIONS " == *" overhead "* ]]; then
+  pinned_ab nomps-pinned 50
+  mps_start
+  pinned_ab mps-pinned 50
+  mps_stop
+fi
+
+cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
+echo "done: $(wc -l <"$J") runs"
