@@ -135,5 +135,38 @@ if [[ " $SECTIONS " == *" overhead "* ]]; then
   mps_stop
 fi
 
+# ---- third pass: MPS explicit-context affinity, GEMM correctness vs SM count, green launch cost ----
+if [[ " $SECTIONS " == *" mpsaff "* ]]; then
+  mps_start
+  export VAI_WL_SECONDS=1 VAI_WL_CTX=explicit
+  run mpsaff/env50-noaff CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 $A
+  for aff in 66 64 34; do run mpsaff/env50-aff$aff CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 VAI_WL_AFFINITY=$aff $A; done
+  run mpsaff/noenv-aff66 VAI_WL_AFFINITY=66 $A
+  run mpsaff/noenv-aff34 VAI_WL_AFFINITY=34 $A
+  run mpsaff/shim50 $(shim) BLESS_LIMIT_PCT=50 $A
+  run mpsaff/shim25 $(shim) BLESS_LIMIT_PCT=25 $A
+  unset VAI_WL_SECONDS VAI_WL_CTX
+  mps_stop
+fi
+if [[ " $SECTIONS " == *" blas "* ]]; then
+  BC="$PY workloads/blas_check.py"
+  run blas/nomps-full $BC
+  run blas/nomps-green75 $(shim) BLESS_LIMIT_PCT=75 $BC
+  run blas/nomps-green75-attrdevice $(shim) BLESS_LIMIT_PCT=75 VAI_SM_ATTRIBUTE=device $BC
+  run blas/nomps-green50 $(shim) BLESS_LIMIT_PCT=50 $BC
+  mps_start
+  run blas/mps-env75 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=75 $BC
+  run blas/mps-env50 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 $BC
+  run blas/mps-env25 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 $BC
+  mps_stop
+fi
+if [[ " $SECTIONS " == *" greenlaunch "* ]]; then
+  for r in 1 2 3 4 5 6; do
+    run greenlaunch/c/noshim/$r VAI_WL_LAUNCHES=100000 taskset -c 3 $C
+    run greenlaunch/c/green64-noshim/$r VAI_WL_CTX=green:64 VAI_WL_LAUNCHES=100000 taskset -c 3 $C
+    run greenlaunch/c/shim50/$r $(shim) BLESS_LIMIT_PCT=50 VAI_WL_LAUNCHES=100000 taskset -c 3 $C
+  done
+fi
+
 cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
 echo "done: $(wc -l <"$J") runs"

@@ -84,6 +84,19 @@ VAI_HIDDEN int vai_parse_log_level(const char *s, int *out, char *err, size_t er
   return -1;
 }
 
+VAI_HIDDEN int vai_parse_sm_attribute(const char *s, int *device, char *err, size_t errlen) {
+  if (s && strcmp(s, "granted") == 0) {
+    *device = 0;
+    return 0;
+  }
+  if (s && strcmp(s, "device") == 0) {
+    *device = 1;
+    return 0;
+  }
+  snprintf(err, errlen, "invalid VAI_SM_ATTRIBUTE='%.40s': expected granted or device", s ? s : "");
+  return -1;
+}
+
 VAI_HIDDEN int vai_check_status_dir(const char *s, char *err, size_t errlen) {
   struct stat st;
   const char *why = NULL;
@@ -122,6 +135,9 @@ VAI_HIDDEN void vai_config_load(vai_config *c) {
     add_error(c, err);
   if ((v = getenv("VAI_MEMORY_LIMIT")) != NULL &&
       vai_parse_memory(v, &c->memory_limit, err, sizeof err))
+    add_error(c, err);
+  if ((v = getenv("VAI_SM_ATTRIBUTE")) != NULL &&
+      vai_parse_sm_attribute(v, &c->sm_attribute_device, err, sizeof err))
     add_error(c, err);
   if ((v = getenv("VAI_STATUS_DIR")) != NULL) {
     if (vai_check_status_dir(v, err, sizeof err))

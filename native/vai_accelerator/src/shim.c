@@ -542,7 +542,8 @@ VAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version
 VAI_EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute a, CUdevice d) {
   if (!ensure_loaded() || !real.cuDeviceGetAttribute) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuDeviceGetAttribute(pi, a, d);
-  if (r == CUDA_SUCCESS && st.mech == MECH_GREEN && a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) {
+  if (r == CUDA_SUCCESS && st.mech == MECH_GREEN && a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT &&
+      !vai_cfg.sm_attribute_device) {
     pthread_mutex_lock(&st_mu);
     devstate *ds = plan_device(d);
     if (ds) *pi = (int)ds->granted; /* frameworks size grids for the SMs they really get */

@@ -21,6 +21,8 @@ typedef struct vai_config {
   unsigned long long memory_limit;   /* bytes; 0 = no quota */
   char status_dir[1024];             /* "" = no status file */
   int log_level;                     /* VAI_LOG_* */
+  int sm_attribute_device;           /* VAI_SM_ATTRIBUTE=device: green mode reports the device's
+                                        SM count instead of the granted one (diagnostic) */
   int n_errors;                      /* > 0: configuration is invalid, CUDA init must fail */
   char errors[VAI_MAX_ERRORS][VAI_ERR_LEN];
 } vai_config;
@@ -30,6 +32,7 @@ typedef struct vai_config {
 VAI_HIDDEN int vai_parse_pct(const char *s, int *out, char *err, size_t errlen);
 VAI_HIDDEN int vai_parse_memory(const char *s, unsigned long long *out, char *err, size_t errlen);
 VAI_HIDDEN int vai_parse_log_level(const char *s, int *out, char *err, size_t errlen);
+VAI_HIDDEN int vai_parse_sm_attribute(const char *s, int *device, char *err, size_t errlen);
 VAI_HIDDEN int vai_check_status_dir(const char *s, char *err, size_t errlen);
 /* Reads BLESS_LIMIT_PCT, VAI_MEMORY_LIMIT, VAI_STATUS_DIR, VAI_LOG_LEVEL from the environment. */
 VAI_HIDDEN void vai_config_load(vai_config *c);

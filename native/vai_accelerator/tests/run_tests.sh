@@ -63,6 +63,8 @@ t bad-status-dir 0 VAI_STATUS_DIR=relative EXPECT_RC=800 "$C" init
 expect_err bad-status-dir-message "VAI_STATUS_DIR.*absolute"
 t bad-log-level 0 VAI_LOG_LEVEL=loud EXPECT_RC=800 "$C" init
 expect_err bad-log-level-message "VAI_LOG_LEVEL"
+t bad-sm-attribute 0 VAI_SM_ATTRIBUTE=all EXPECT_RC=800 "$C" init
+expect_err bad-sm-attribute-message "VAI_SM_ATTRIBUTE.*granted or device"
 for v in 1 50 99 100; do t "good-pct[$v]" 0 "BLESS_LIMIT_PCT=$v" EXPECT_RC=0 "$C" init; done
 # A process that never touches CUDA is unaffected, even with a bad configuration.
 t non-cuda-process 0 BLESS_LIMIT_PCT=abc sh -c 'echo hello'
@@ -74,6 +76,7 @@ for pair in 25:32 50:64 75:96 1:8 99:128; do
   pct=${pair%%:*} sms=${pair#*:}
   t "green[$pct%]" 0 "BLESS_LIMIT_PCT=$pct" "EXPECT_SMS=$sms" "$C" green
 done
+t green-attribute-device 0 BLESS_LIMIT_PCT=50 EXPECT_SMS=64 VAI_SM_ATTRIBUTE=device EXPECT_ATTR=132 "$C" green
 t green-internal-addresses 0 BLESS_LIMIT_PCT=50 EXPECT_SMS=64 FAKE_CUDA_GPA=internal "$C" green
 
 # MPS: the percentage reaches the driver; explicit contexts get the SM-count affinity.

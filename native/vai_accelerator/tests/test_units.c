@@ -77,6 +77,11 @@ static void test_log_and_dir(void) {
   CHECK(vai_parse_log_level("verbose", &lv, err, sizeof err) == -1 && strstr(err, "VAI_LOG_LEVEL"),
         "bad level: %s", err);
   CHECK(vai_parse_log_level("", &lv, err, sizeof err) == -1, "empty level");
+  int dev = -1;
+  CHECK(vai_parse_sm_attribute("granted", &dev, err, sizeof err) == 0 && dev == 0, "granted");
+  CHECK(vai_parse_sm_attribute("device", &dev, err, sizeof err) == 0 && dev == 1, "device");
+  CHECK(vai_parse_sm_attribute("Device", &dev, err, sizeof err) == -1 && strstr(err, "VAI_SM_ATTRIBUTE"),
+        "bad sm attribute: %s", err);
   CHECK(vai_check_status_dir("/tmp", err, sizeof err) == 0, "/tmp ok");
   CHECK(vai_check_status_dir("relative/dir", err, sizeof err) == -1 && strstr(err, "VAI_STATUS_DIR") &&
             strstr(err, "absolute"),

@@ -107,19 +107,48 @@ static void barrier() {
   }
 }
 
-// Explicit-context mode (VAI_WL_CTX=explicit): create a context through the driver API and make
-// it current before the runtime starts, so the shim's cuCtxCreate hook is what caps the work.
+// Context modes (VAI_WL_CTX), set up before the runtime starts; the runtime adopts the context
+// current on the thread (no cudaSetDevice: it would switch to the primary context).
+//   explicit   cuCtxCreate through the driver API (VAI_WL_AFFINITY=N adds an SM-count affinity),
+//              so the shim's cuCtxCreate hook is what caps the work;
+//   green:N    a green context of N SMs made here, without the shim (a reference for overheads).
 static const char* setup_context() {
+  static char label[64];
   const char* m = getenv("VAI_WL_CTX");
-  if (!m || strcmp(m, "explicit") != 0) return "primary";
+  if (!m || !*m || strcmp(m, "primary") == 0) return "primary";
   CKD(cuInit(0));
   CUdevice d;
   CKD(cuDeviceGet(&d, 0));
   CUcontext c;
-  CKD(cuCtxCreate(&c, (CUctxCreateParams*)NULL, 0, d));
-  // No cudaSetDevice here: it would make the runtime switch to the primary context. The runtime
-  // adopts the context current on the thread.
-  return "explicit";
+  if (strcmp(m, "explicit") == 0) {
+    int aff = (int)env_d("VAI_WL_AFFINITY", 0);
+    CUexecAffinityParam p;
+    p.type = CU_EXEC_AFFINITY_TYPE_SM_COUNT;
+    p.param.smCount.val = (unsigned)aff;
+    CUctxCreateParams cp;
+    memset(&cp, 0, sizeof cp);
+    cp.execAffinityParams = &p;
+    cp.numExecAffinityParams = 1;
+    CKD(cuCtxCreate(&c, aff > 0 ? &cp : (CUctxCreateParams*)NULL, 0, d));
+    snprintf(label, sizeof label, "explicit:%d", aff);
+    return label;
+  }
+  if (strncmp(m, "green:", 6) == 0) {
+    unsigned want = (unsigned)atoi(m + 6), n = 1;
+    CUdevResource res, split, rest;
+    CKD(cuDeviceGetDevResource(d, &res, CU_DEV_RESOURCE_TYPE_SM));
+    CKD(cuDevSmResourceSplitByCount(&split, &n, &res, &rest, 0, want));
+    CUdevResourceDesc desc;
+    CKD(cuDevResourceGenerateDesc(&desc, &split, 1));
+    CUgreenCtx g;
+    CKD(cuGreenCtxCreate(&g, desc, d, CU_GREEN_CTX_DEFAULT_STREAM));
+    CKD(cuCtxFromGreenCtx(&c, g));
+    CKD(cuCtxSetCurrent(c));
+    snprintf(label, sizeof label, "green:%u", split.sm.smCount);
+    return label;
+  }
+  printf("{\"error\":\"bad VAI_WL_CTX=%s\"}\n", m);
+  exit(1);
 }
 
 static const char* env_s(const char* k) {
