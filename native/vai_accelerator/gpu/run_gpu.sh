@@ -168,5 +168,37 @@ if [[ " $SECTIONS " == *" greenlaunch "* ]]; then
   done
 fi
 
+# ---- fourth pass: what breaks MPS affinity, GEMM correctness sweep over shares ----
+if [[ " $SECTIONS " == *" affprobe "* ]]; then
+  mps_start
+  P=build/probe_affinity
+  aff=30
+  for q in none attr_mps attr_sms devres uuid all none; do
+    aff=$((aff + 4))
+    run affprobe/env50/$q/$aff CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 $P $q $aff
+  done
+  run affprobe/noenv/attr_sms/20 $P attr_sms 20
+  run affprobe/noenv/none/24 $P none 24
+  mps_stop
+fi
+if [[ " $SECTIONS " == *" blassweep "* ]]; then
+  BC="$PY workloads/blas_check.py"
+  export VAI_BLAS_QUICK=1
+  for pct in 30 40 60 70 80 90; do
+    run blassweep/green$pct $(shim) BLESS_LIMIT_PCT=$pct $BC
+    run blassweep/green$pct-attrdevice $(shim) BLESS_LIMIT_PCT=$pct VAI_SM_ATTRIBUTE=device $BC
+  done
+  unset VAI_BLAS_QUICK
+  run nomps/d/green75-attrdevice $(shim) BLESS_LIMIT_PCT=75 VAI_SM_ATTRIBUTE=device VAI_WL_SECONDS=2 $D
+  run nomps/d/green75-attrgranted $(shim) BLESS_LIMIT_PCT=75 VAI_WL_SECONDS=2 $D
+  mps_start
+  export VAI_BLAS_QUICK=1
+  for pct in 10 20 30 40 60 70 80 90 100; do
+    run blassweep/mps-env$pct CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$pct $BC
+  done
+  unset VAI_BLAS_QUICK
+  mps_stop
+fi
+
 cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
 echo "done: $(wc -l <"$J") runs"
