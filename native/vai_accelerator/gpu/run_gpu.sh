@@ -200,5 +200,22 @@ if [[ " $SECTIONS " == *" blassweep "* ]]; then
   mps_stop
 fi
 
+# ---- fifth pass: explicit contexts under MPS through the shim; green PyTorch at the default ----
+if [[ " $SECTIONS " == *" final "* ]]; then
+  for pct in 25 50 75; do run final/nomps/d/green$pct $(shim) BLESS_LIMIT_PCT=$pct VAI_WL_SECONDS=2 $D; done
+  run final/nomps/a/green50 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS=2 $A
+  mps_start
+  export VAI_WL_SECONDS=1
+  run final/mps/a/env50-aff66 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 VAI_WL_CTX=explicit VAI_WL_AFFINITY=66 $A
+  run final/mps/a/shim50-explicit $(shim) BLESS_LIMIT_PCT=50 VAI_WL_CTX=explicit $A
+  run final/mps/a/shim50-explicit-aff40 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_CTX=explicit VAI_WL_AFFINITY=40 $A
+  run final/mps/a/shim25-explicit $(shim) BLESS_LIMIT_PCT=25 VAI_WL_CTX=explicit $A
+  run final/mps/probe/shim50-none-34 $(shim) BLESS_LIMIT_PCT=50 build/probe_affinity none 34
+  run final/mps/probe/shim50-none-80 $(shim) BLESS_LIMIT_PCT=50 build/probe_affinity none 80
+  run final/mps/probe/shim50-all-80 $(shim) BLESS_LIMIT_PCT=50 build/probe_affinity all 80
+  unset VAI_WL_SECONDS
+  mps_stop
+fi
+
 cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
 echo "done: $(wc -l <"$J") runs"

@@ -11,7 +11,8 @@
 
 #include "vai_internal.h"
 
-VAI_HIDDEN vai_config vai_cfg = {.limit_pct = 100, .log_level = VAI_LOG_WARN};
+VAI_HIDDEN vai_config vai_cfg = {.limit_pct = 100, .log_level = VAI_LOG_WARN,
+                                  .sm_attribute_device = 1};
 
 VAI_HIDDEN void vai_log(int level, const char *fmt, ...) {
   if (level > vai_cfg.log_level) return;
@@ -127,6 +128,7 @@ VAI_HIDDEN void vai_config_load(vai_config *c) {
   memset(c, 0, sizeof *c);
   c->limit_pct = 100;
   c->log_level = VAI_LOG_WARN;
+  c->sm_attribute_device = 1; /* see vai_internal.h: the granted count broke cuBLAS on an H200 */
   const char *v;
   /* Log level first so later messages honour it. */
   if ((v = getenv("VAI_LOG_LEVEL")) != NULL && vai_parse_log_level(v, &c->log_level, err, sizeof err))

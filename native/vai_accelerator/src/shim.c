@@ -147,6 +147,7 @@ static struct {
   CUresult (*cuGreenCtxCreate)(CUgreenCtx *, CUdevResourceDesc, CUdevice, unsigned);
   CUresult (*cuGreenCtxDestroy)(CUgreenCtx);
   CUresult (*cuCtxFromGreenCtx)(CUcontext *, CUgreenCtx);
+  CUresult (*cuCtxGetExecAffinity)(CUexecAffinityParam *, CUexecAffinityType);
 } real;
 
 /* The hooks (defined below) and the exported names they stand for. */
@@ -294,6 +295,7 @@ static void load_real(void) {
   LOAD(cuGreenCtxCreate);
   LOAD(cuGreenCtxDestroy);
   LOAD(cuCtxFromGreenCtx);
+  LOAD(cuCtxGetExecAffinity);
 #undef LOAD
 }
 
@@ -546,7 +548,7 @@ VAI_EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute a, CUdevice
       !vai_cfg.sm_attribute_device) {
     pthread_mutex_lock(&st_mu);
     devstate *ds = plan_device(d);
-    if (ds) *pi = (int)ds->granted; /* frameworks size grids for the SMs they really get */
+    if (ds) *pi = (int)ds->granted; /* VAI_SM_ATTRIBUTE=granted: grids sized for the share */
     pthread_mutex_unlock(&st_mu);
   }
   return r;
@@ -774,6 +776,13 @@ static CUresult mps_explicit(CUcontext *pctx, const CUexecAffinityParam *params,
     return real.cuCtxCreate_v2(pctx, flags, d);
   } else {
     return CUDA_ERROR_NOT_SUPPORTED;
+  }
+  if (r == CUDA_SUCCESS && real.cuCtxGetExecAffinity && vai_cfg.log_level >= VAI_LOG_INFO) {
+    CUexecAffinityParam got;
+    memset(&got, 0, sizeof got);
+    CUresult g = real.cuCtxGetExecAffinity(&got, CU_EXEC_AFFINITY_TYPE_SM_COUNT);
+    vai_log(VAI_LOG_INFO, "explicit context: affinity %u SMs asked (v%d), driver reports %u (rc %d)",
+            sms, real.cuCtxCreate_v4 ? 4 : 3, got.param.smCount.val, g);
   }
   /* MPS may cap the client below the affinity asked: then ask for what the client has. */
   if (r == CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY && st.status.sms_granted &&

@@ -21,8 +21,11 @@ typedef struct vai_config {
   unsigned long long memory_limit;   /* bytes; 0 = no quota */
   char status_dir[1024];             /* "" = no status file */
   int log_level;                     /* VAI_LOG_* */
-  int sm_attribute_device;           /* VAI_SM_ATTRIBUTE=device: green mode reports the device's
-                                        SM count instead of the granted one (diagnostic) */
+  /* What cuDeviceGetAttribute(MULTIPROCESSOR_COUNT) answers in green mode. 1 (default,
+   * VAI_SM_ATTRIBUTE=device): the device's count. 0 (VAI_SM_ATTRIBUTE=granted): the green
+   * context's. Measured on an H200 (RESULTS.md): with 96 granted SMs reported, PyTorch/cuBLAS
+   * bf16 GEMMs of 1024-4096 returned wrong results; with 132 reported they were right and as fast. */
+  int sm_attribute_device;
   int n_errors;                      /* > 0: configuration is invalid, CUDA init must fail */
   char errors[VAI_MAX_ERRORS][VAI_ERR_LEN];
 } vai_config;

@@ -76,7 +76,7 @@ for pair in 25:32 50:64 75:96 1:8 99:128; do
   pct=${pair%%:*} sms=${pair#*:}
   t "green[$pct%]" 0 "BLESS_LIMIT_PCT=$pct" "EXPECT_SMS=$sms" "$C" green
 done
-t green-attribute-device 0 BLESS_LIMIT_PCT=50 EXPECT_SMS=64 VAI_SM_ATTRIBUTE=device EXPECT_ATTR=132 "$C" green
+t green-attribute-granted 0 BLESS_LIMIT_PCT=50 EXPECT_SMS=64 VAI_SM_ATTRIBUTE=granted EXPECT_ATTR=64 "$C" green
 t green-internal-addresses 0 BLESS_LIMIT_PCT=50 EXPECT_SMS=64 FAKE_CUDA_GPA=internal "$C" green
 
 # MPS: the percentage reaches the driver; explicit contexts get the SM-count affinity.

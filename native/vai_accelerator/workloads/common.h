@@ -130,7 +130,11 @@ static const char* setup_context() {
     cp.execAffinityParams = &p;
     cp.numExecAffinityParams = 1;
     CKD(cuCtxCreate(&c, aff > 0 ? &cp : (CUctxCreateParams*)NULL, 0, d));
-    snprintf(label, sizeof label, "explicit:%d", aff);
+    CUexecAffinityParam got;
+    memset(&got, 0, sizeof got);
+    CUresult gr = cuCtxGetExecAffinity(&got, CU_EXEC_AFFINITY_TYPE_SM_COUNT);
+    snprintf(label, sizeof label, "explicit:%d:driver=%d", aff,
+             gr == CUDA_SUCCESS ? (int)got.param.smCount.val : -(int)gr);
     return label;
   }
   if (strncmp(m, "green:", 6) == 0) {
