@@ -217,5 +217,28 @@ if [[ " $SECTIONS " == *" final "* ]]; then
   mps_stop
 fi
 
+# ---- sixth pass: MPS explicit contexts after the fix; green launch-rate A/B with hook counts ----
+if [[ " $SECTIONS " == *" validate "* ]]; then
+  mps_start
+  export VAI_WL_SECONDS=1 VAI_WL_CTX=explicit
+  run validate/mps/a/shim50-explicit $(shim) BLESS_LIMIT_PCT=50 $A
+  run validate/mps/a/shim25-explicit $(shim) BLESS_LIMIT_PCT=25 $A
+  run validate/mps/a/shim75-explicit $(shim) BLESS_LIMIT_PCT=75 $A
+  run validate/mps/a/shim50-explicit-aff80 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_AFFINITY=80 $A
+  run validate/mps/a/shim50-explicit-aff66 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_AFFINITY=66 $A
+  run validate/mps/a/shim50-explicit-aff40 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_AFFINITY=40 $A
+  run validate/mps/a/env50-noaff CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 $A
+  run validate/mps/a/env50-aff66 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50 VAI_WL_AFFINITY=66 $A
+  run validate/mps/a/env25-aff32 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 VAI_WL_AFFINITY=32 $A
+  run validate/mps/a/env25-aff48 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25 VAI_WL_AFFINITY=48 $A
+  unset VAI_WL_SECONDS VAI_WL_CTX
+  mps_stop
+  run validate/nomps/c/shim50-debug $(shim) VAI_LOG_LEVEL=debug BLESS_LIMIT_PCT=50 VAI_WL_LAUNCHES=100000 $C
+  for r in $(seq 1 12); do
+    run validate/nomps-pinned/c/noshim/$r VAI_WL_LAUNCHES=100000 taskset -c 5 $C
+    run validate/nomps-pinned/c/shim50/$r $(shim) BLESS_LIMIT_PCT=50 VAI_WL_LAUNCHES=100000 taskset -c 5 $C
+  done
+fi
+
 cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
 echo "done: $(wc -l <"$J") runs"

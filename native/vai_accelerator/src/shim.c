@@ -470,6 +470,13 @@ static void choose_mechanism(void) {
   vai_status_write(s, "init");
 }
 
+/* Calls of the hooks that could sit on a hot path, printed at exit with VAI_LOG_LEVEL=debug. */
+enum { CNT_GET_CURRENT, CNT_SET_CURRENT, CNT_PUSH, CNT_POP, CNT_ATTR, CNT_GPA, CNT_N };
+static const char *cnt_names[CNT_N] = {"cuCtxGetCurrent", "cuCtxSetCurrent", "cuCtxPushCurrent",
+                                       "cuCtxPopCurrent", "cuDeviceGetAttribute", "cuGetProcAddress"};
+static unsigned long cnt[CNT_N];
+#define COUNT(i) __atomic_fetch_add(&cnt[i], 1, __ATOMIC_RELAXED)
+
 /* ---- process start and exit -------------------------------------------------------------------- */
 
 /* Sets CUDA_MPS_ACTIVE_THREAD_PERCENTAGE to the limit (keeping a lower value already there), so
@@ -492,7 +499,9 @@ __attribute__((constructor)) static void vai_start(void) {
 }
 
 __attribute__((destructor)) static void vai_stop(void) {
-  if (st.initialized) vai_status_write(&st.status, "exit");
+  if (!st.initialized) return;
+  vai_status_write(&st.status, "exit");
+  for (int i = 0; i < CNT_N; i++) vai_log(VAI_LOG_DEBUG, "calls %s: %lu", cnt_names[i], cnt[i]);
 }
 
 /* Rewrites the status line when the peak grew by over 1/8 or 64 MiB since the last write. */
@@ -528,6 +537,7 @@ VAI_EXPORT CUresult cuInit(unsigned flags) {
 
 VAI_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
                                         cuuint64_t flags, CUdriverProcAddressQueryResult *status) {
+  COUNT(CNT_GPA);
   if (!ensure_loaded() || !real.cuGetProcAddress_v2) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuGetProcAddress_v2(symbol, pfn, version, flags, status);
   if (r == CUDA_SUCCESS && pfn && *pfn && symbol) *pfn = redirect_proc(symbol, *pfn, version, flags);
@@ -535,6 +545,7 @@ VAI_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int vers
 }
 
 VAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags) {
+  COUNT(CNT_GPA);
   if (!ensure_loaded() || !real.cuGetProcAddress) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuGetProcAddress(symbol, pfn, version, flags);
   if (r == CUDA_SUCCESS && pfn && *pfn && symbol) *pfn = redirect_proc(symbol, *pfn, version, flags);
@@ -542,6 +553,7 @@ VAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version
 }
 
 VAI_EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute a, CUdevice d) {
+  COUNT(CNT_ATTR);
   if (!ensure_loaded() || !real.cuDeviceGetAttribute) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuDeviceGetAttribute(pi, a, d);
   if (r == CUDA_SUCCESS && st.mech == MECH_GREEN && a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT &&
@@ -676,16 +688,19 @@ VAI_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice d, unsigned *flags, int 
 }
 
 VAI_EXPORT CUresult cuCtxSetCurrent(CUcontext c) {
+  COUNT(CNT_SET_CURRENT);
   if (!ensure_loaded() || !real.cuCtxSetCurrent) return CUDA_ERROR_NOT_INITIALIZED;
   return real.cuCtxSetCurrent(map_ctx(c));
 }
 
 VAI_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext c) {
+  COUNT(CNT_PUSH);
   if (!ensure_loaded() || !real.cuCtxPushCurrent_v2) return CUDA_ERROR_NOT_INITIALIZED;
   return real.cuCtxPushCurrent_v2(map_ctx(c));
 }
 
 VAI_EXPORT CUresult cuCtxGetCurrent(CUcontext *pc) {
+  COUNT(CNT_GET_CURRENT);
   if (!ensure_loaded() || !real.cuCtxGetCurrent) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuCtxGetCurrent(pc);
   if (r == CUDA_SUCCESS && pc && *pc && st.mech == MECH_GREEN) {
@@ -699,17 +714,11 @@ VAI_EXPORT CUresult cuCtxGetCurrent(CUcontext *pc) {
 }
 
 VAI_EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pc) {
+  COUNT(CNT_POP);
   if (!ensure_loaded() || !real.cuCtxPopCurrent_v2) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuCtxPopCurrent_v2(pc);
   if (r == CUDA_SUCCESS && pc) *pc = map_ctx(*pc);
   return r;
-}
-
-/* The SM count an explicitly created context may use, given the caller's own affinity (0: none). */
-static unsigned explicit_sms(unsigned caller) {
-  unsigned cap = st.mech == MECH_MPS ? st.mps_affinity : 0;
-  if (!cap) return caller;
-  return caller && caller < cap ? caller : cap;
 }
 
 static unsigned caller_affinity(const CUexecAffinityParam *p, int n) {
@@ -755,25 +764,34 @@ static CUresult green_explicit(CUcontext *pctx, unsigned caller, CUdevice d) {
   return CUDA_SUCCESS;
 }
 
+/* Under MPS every context of the client is already capped by CUDA_MPS_ACTIVE_THREAD_PERCENTAGE.
+ * Measured on an H200 (RESULTS.md): an SM-count affinity at or above the client's share (66 at
+ * 50%) makes the driver hand the context the WHOLE GPU (it reports and runs on 132 SMs), while
+ * smaller affinities (34, 40) are honoured and no affinity gives the share. So the shim passes a
+ * caller's affinity only when it (rounded up to even, as the driver does) stays below the share,
+ * and otherwise creates the context with no affinity: the share. */
 static CUresult mps_explicit(CUcontext *pctx, const CUexecAffinityParam *params, int n,
                              const CUctxCigParam *cig, unsigned flags, CUdevice d) {
-  unsigned sms = explicit_sms(caller_affinity(params, n));
+  unsigned caller = caller_affinity(params, n);
+  unsigned share = st.mps_affinity;
+  int keep = caller && share && ((caller + 1) & ~1u) < share;
   CUexecAffinityParam p[8];
   int m = 0;
   for (int i = 0; params && i < n && m < 7; i++)
     if (params[i].type != CU_EXEC_AFFINITY_TYPE_SM_COUNT) p[m++] = params[i];
-  p[m].type = CU_EXEC_AFFINITY_TYPE_SM_COUNT;
-  p[m].param.smCount.val = sms;
-  m++;
+  if (keep) {
+    p[m].type = CU_EXEC_AFFINITY_TYPE_SM_COUNT;
+    p[m].param.smCount.val = caller;
+    m++;
+  }
   CUresult r;
   if (real.cuCtxCreate_v4) {
-    CUctxCreateParams cp = {p, m, (CUctxCigParam *)cig};
+    CUctxCreateParams cp = {m ? p : NULL, m, (CUctxCigParam *)cig};
     r = real.cuCtxCreate_v4(pctx, &cp, flags, d);
-  } else if (real.cuCtxCreate_v3 && !cig) {
+  } else if (real.cuCtxCreate_v3 && !cig && m) {
     r = real.cuCtxCreate_v3(pctx, p, m, flags, d);
-  } else if (!n && !cig && real.cuCtxCreate_v2) {
-    /* No affinity API: the MPS thread percentage set at init still caps this context. */
-    return real.cuCtxCreate_v2(pctx, flags, d);
+  } else if (!m && !cig && real.cuCtxCreate_v2) {
+    r = real.cuCtxCreate_v2(pctx, flags, d);
   } else {
     return CUDA_ERROR_NOT_SUPPORTED;
   }
@@ -781,19 +799,10 @@ static CUresult mps_explicit(CUcontext *pctx, const CUexecAffinityParam *params,
     CUexecAffinityParam got;
     memset(&got, 0, sizeof got);
     CUresult g = real.cuCtxGetExecAffinity(&got, CU_EXEC_AFFINITY_TYPE_SM_COUNT);
-    vai_log(VAI_LOG_INFO, "explicit context: affinity %u SMs asked (v%d), driver reports %u (rc %d)",
-            sms, real.cuCtxCreate_v4 ? 4 : 3, got.param.smCount.val, g);
-  }
-  /* MPS may cap the client below the affinity asked: then ask for what the client has. */
-  if (r == CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY && st.status.sms_granted &&
-      sms > st.status.sms_granted) {
-    p[m - 1].param.smCount.val = st.status.sms_granted;
-    if (real.cuCtxCreate_v4) {
-      CUctxCreateParams cp = {p, m, (CUctxCigParam *)cig};
-      r = real.cuCtxCreate_v4(pctx, &cp, flags, d);
-    } else {
-      r = real.cuCtxCreate_v3(pctx, p, m, flags, d);
-    }
+    vai_log(VAI_LOG_INFO,
+            "explicit context under MPS: caller affinity %u, passed %u (share %u); driver reports "
+            "%u (rc %d)",
+            caller, keep ? caller : 0, share, got.param.smCount.val, g);
   }
   return r;
 }

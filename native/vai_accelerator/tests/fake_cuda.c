@@ -1,8 +1,9 @@
 /* fake_cuda.c - a fake libcuda.so.1 for the shim's CPU tests.
  *
  * Emulates the documented / measured behaviour of the driver entry points the shim touches
- * (shared/docs/sm-partitioning.md): exec affinity only under MPS (else
- * CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY), affinity rounded up to an even count, an MPS client
+ * (shared/docs/sm-partitioning.md, RESULTS.md): exec affinity only under MPS (else
+ * CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY), affinity rounded up to an even count and, at or above
+ * an MPS client's share, escaping it (the whole GPU), an MPS client
  * with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=p seeing floor-to-even(p% of the SMs), green contexts
  * splitting SMs in steps of 8, a per-thread context stack, and cuGetProcAddress resolving a base
  * name + CUDA version + stream flag to an ABI variant (cudaTypedefs.h). It records every call.
@@ -209,12 +210,13 @@ static CUresult create(CUcontext *pc, unsigned aff, CUdevice d) {
   NEED_INIT;
   if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
   unsigned sms = visible_sms();
+  last_affinity = aff;
   if (aff) {
-    last_affinity = aff;
     if (!mps) return CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY; /* measured without MPS */
     unsigned even = (aff + 1) & ~1u;                      /* measured: rounded up to even */
-    if (even > sms) return CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY; /* assumed: beyond the client */
-    sms = even;
+    /* Measured on an H200 with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE set: an affinity at or above
+     * the client's share gives the context the whole GPU; a smaller one is honoured. */
+    sms = even >= sms ? (unsigned)n_sms : even;
   }
   struct fake_ctx *c = calloc(1, sizeof *c);
   c->kind = FAKE_CTX_CREATED;

@@ -257,7 +257,6 @@ static int case_mps(void) {
   int pct = env_int("BLESS_LIMIT_PCT", 100);
   int expect_pct = env_int("EXPECT_MPS_PCT", pct);
   unsigned want = (unsigned)env_int("EXPECT_SMS", 0);
-  unsigned aff = (unsigned)env_int("EXPECT_AFFINITY", 0);
   CHECK(p_init(0) == CUDA_SUCCESS, "cuInit");
   CHECK(mps_pct_seen() == expect_pct, "driver saw CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=%d, expected %d",
         mps_pct_seen(), expect_pct);
@@ -268,18 +267,25 @@ static int case_mps(void) {
   CHECK((unsigned)sms == want, "MPS client sees %d SMs, expected %u", sms, want);
   CUcontext e = NULL;
   CHECK(p_create2(&e, 0, 0) == CUDA_SUCCESS, "cuCtxCreate_v2 under MPS");
-  CHECK(last_affinity() == aff, "affinity asked %u, expected %u", last_affinity(), aff);
-  CHECK(ctx_sms(e) == want, "explicit context got %u SMs (client has %u)", ctx_sms(e), want);
+  CHECK(last_affinity() == 0, "no affinity passed (the share caps it), got %u", last_affinity());
+  CHECK(ctx_sms(e) == want, "explicit context got %u SMs (client share %u)", ctx_sms(e), want);
   CUctxCreateParams cp = {NULL, 0, NULL};
   CUcontext e4 = NULL;
-  CHECK(p_create4(&e4, &cp, 0, 0) == CUDA_SUCCESS && last_affinity() == aff, "cuCtxCreate_v4 gets affinity");
+  CHECK(p_create4(&e4, &cp, 0, 0) == CUDA_SUCCESS && ctx_sms(e4) == want, "cuCtxCreate_v4 -> share");
   CUexecAffinityParam ap = {CU_EXEC_AFFINITY_TYPE_SM_COUNT, {{10}}};
   CUcontext e3 = NULL;
   CHECK(p_create3(&e3, &ap, 1, 0, 0) == CUDA_SUCCESS && last_affinity() == 10 && ctx_sms(e3) == 10,
         "caller's smaller affinity (10) is kept");
-  ap.param.smCount.val = 200;
-  CHECK(p_create3(&e3, &ap, 1, 0, 0) == CUDA_SUCCESS && ctx_sms(e3) <= want,
-        "caller's larger affinity (200) is capped to %u", ctx_sms(e3));
+  unsigned probes[] = {200, want, want - 1, want + 1};
+  for (int i = 0; i < 4; i++) {
+    ap.param.smCount.val = probes[i];
+    CHECK(p_create3(&e3, &ap, 1, 0, 0) == CUDA_SUCCESS && ctx_sms(e3) == want && last_affinity() == 0,
+          "caller's affinity %u (>= share once even) is dropped: %u SMs", probes[i], ctx_sms(e3));
+    cp.execAffinityParams = &ap;
+    cp.numExecAffinityParams = 1;
+    CHECK(p_create4(&e4, &cp, 0, 0) == CUDA_SUCCESS && ctx_sms(e4) == want && last_affinity() == 0,
+          "v4: caller's affinity %u dropped", probes[i]);
+  }
   return 0;
 }
 
