@@ -240,5 +240,15 @@ if [[ " $SECTIONS " == *" validate "* ]]; then
   done
 fi
 
+# ---- seventh pass: launch-rate A/B/C/D, pinned, interleaved: is any cost the shim's or green's? ----
+if [[ " $SECTIONS " == *" launchab "* ]]; then
+  for r in $(seq 1 10); do
+    run launchab/c/noshim/$r VAI_WL_LAUNCHES=100000 taskset -c 5 $C
+    run launchab/c/shim100/$r $(shim) BLESS_LIMIT_PCT=100 VAI_WL_LAUNCHES=100000 taskset -c 5 $C
+    run launchab/c/green64-noshim/$r VAI_WL_CTX=green:64 VAI_WL_LAUNCHES=100000 taskset -c 5 $C
+    run launchab/c/shim50/$r $(shim) BLESS_LIMIT_PCT=50 VAI_WL_LAUNCHES=100000 taskset -c 5 $C
+  done
+fi
+
 cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
 echo "done: $(wc -l <"$J") runs"
