@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint format bench clean native
+.PHONY: install up replay test lint format bench clean
 
 install: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The main job: a local Ray with simulated GPU nodes and the served allocator (Ctrl-C stops it).
 up: install
 	$(VENV)/bin/keti-ray up
+
+# The FGD paper's replay on the default trace (FGD vs BestFit).
+replay: install
+	$(VENV)/bin/keti-ray eval --policy fgd,bestfit --seeds 42-51 --workers 2
 
 test: install
 	$(VENV)/bin/ruff check .
@@ -32,6 +37,7 @@ format: install
 
 bench: install
 	$(PY) bench/replay.py
+	$(PY) bench/eval_openb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

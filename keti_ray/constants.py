@@ -38,3 +38,11 @@ VAI_STATUS_HOST_DIR = "/var/run/keti-ray/vai-status"
 RAY_NODE_RESOURCE = "keti_node"
 
 DEFAULT_API_PORT = 8000
+
+# Kubernetes deployment (kuberay/): names the manifests share with the plugins and the shim helper.
+SHIM_CONFIGMAP_NAME = "vai-accelerator-binary"  # ConfigMap carrying the shim (binaryData key:
+# SHIM_LIBRARY_NAME), printed by `keti-ray shim configmap`.
+SHIM_HOST_DIR = "/var/lib/keti-ray/vai"  # where the plugin DaemonSet installs the shim on each
+# node; Allocate mounts SHIM_HOST_DIR/SHIM_LIBRARY_NAME read-only at SHIM_CONTAINER_PATH.
+GPU_PLUGIN_SOCKET = "keti-gpu.sock"  # the GPU plugin's socket in DEVICE_PLUGIN_DIR
+NPU_PLUGIN_SOCKET = "keti-npu.sock"  # the NPU plugin's socket in DEVICE_PLUGIN_DIR

@@ -12,9 +12,20 @@ app = typer.Typer(
 )
 
 
+def fail(message: str) -> None:
+    """Print `error: message` on stderr and exit 2 (bad input: nothing was done)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def _root() -> None:
+    """keti-ray: SM-share GPU allocation on Ray (replay, train, serve, device plugins)."""
+
+
 def _register() -> None:
     """Import the subcommand modules; each adds its commands to `app`."""
-    from keti_ray.cli import eval_cmd  # noqa: F401
+    from keti_ray.cli import eval_cmd, plugin_cmd, report_cmd, up_cmd  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,318 @@
+"""The manifests use the names the code uses (keti_ray/constants.py), and the parts fit together.
+
+One source of truth: if a manifest drifts from a constant (a resource name, an env var, a path),
+a test here fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from kuberay_validators import scheduler_config_errors
+
+from keti_ray import constants as C
+from keti_ray.manifests import MANIFEST_DIR, Manifest, find
+
+ENV_CONSTANTS = {v for k, v in vars(C).items() if k.startswith("ENV_")}
+# Env vars that are not keti-ray's own names, and who defines them.
+EXTERNAL_ENV = {
+    "NODE_NAME": "Downward API spec.nodeName, for the plugin and agent to name their node",
+    "POD_IP": "Downward API status.podIP, Ray's --node-ip-address",
+    "RAY_ADDRESS": "Ray: the GCS address `ray start` joins",
+    "NVIDIA_DRIVER_CAPABILITIES": "NVIDIA container toolkit: which driver parts to mount",
+}
+# Env vars whose value is fixed by a constant.
+ENV_VALUES = {
+    C.ENV_MPS_PIPE_DIRECTORY: C.MPS_PIPE_DIR,
+    C.ENV_MPS_LOG_DIRECTORY: C.MPS_LOG_DIR,
+    C.ENV_VAI_STATUS_DIR: C.VAI_STATUS_HOST_DIR,
+    C.ENV_API_PORT: str(C.DEFAULT_API_PORT),
+    C.ENV_LD_PRELOAD: C.SHIM_CONTAINER_PATH,
+}
+KETI_RESOURCES = {C.GPU_RESOURCE, C.NPU_RESOURCE}
+IMAGE = "keti-ray:0.1.0"
+
+
+# --- walking pod specs -----------------------------------------------------------------------
+
+
+def pod_specs(m: Manifest) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) for every pod template an object carries."""
+    spec = m.doc.get("spec", {})
+    if m.kind in ("DaemonSet", "Deployment"):
+        yield m.where(), spec["template"]["spec"]
+    elif m.kind == "Pod":
+        yield m.where(), spec
+    elif m.kind in ("RayCluster", "RayService", "RayJob"):
+        cluster = (
+            spec
+            if m.kind == "RayCluster"
+            else spec.get("rayClusterConfig" if m.kind == "RayService" else "rayClusterSpec")
+        )
+        if cluster:
+            yield f"{m.where()} head", cluster["headGroupSpec"]["template"]["spec"]
+            for group in cluster.get("workerGroupSpecs", []):
+                yield f"{m.where()} {group['groupName']}", group["template"]["spec"]
+        if m.kind == "RayJob" and "submitterPodTemplate" in spec:
+            yield f"{m.where()} submitter", spec["submitterPodTemplate"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def all_containers(manifests: list[Manifest]) -> Iterator[tuple[str, dict, dict]]:
+    for m in manifests:
+        for where, spec in pod_specs(m):
+            for c in containers(spec):
+                yield f"{where} {c['name']}", spec, c
+
+
+def daemonset(manifests: list[Manifest], name: str) -> dict[str, Any]:
+    return find(manifests, "DaemonSet", name).doc
+
+
+def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in containers(spec) if c["name"] == name)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def volume(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in spec["volumes"] if v["name"] == name)
+
+
+def mount_path(c: dict[str, Any], volume_name: str) -> str:
+    return next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == volume_name)
+
+
+# --- resource names --------------------------------------------------------------------------
+
+
+def test_keti_resources_are_the_constants(manifests: list[Manifest]) -> None:
+    seen = set()
+    for where, _, c in all_containers(manifests):
+        res = c.get("resources", {})
+        for part in ("requests", "limits"):
+            for key in res.get(part, {}):
+                if "keti" in key or "/" in key:
+                    assert key in KETI_RESOURCES, f"{where}: unknown extended resource {key!r}"
+                    seen.add(key)
+    assert seen == KETI_RESOURCES
+
+
+@pytest.mark.parametrize("letter", "abcd")
+def test_workloads_request_gpu_pct(manifests: list[Manifest], letter: str) -> None:
+    pod = find(manifests, "Pod", f"workload-{letter}").doc
+    (c,) = pod["spec"]["containers"]
+    units = int(c["resources"]["limits"][C.GPU_RESOURCE])
+    # design.md: 1-100 from one GPU, above 100 whole GPUs only.
+    assert 1 <= units <= C.GPU_UNITS_PER_DEVICE or units % C.GPU_UNITS_PER_DEVICE == 0
+    # Extended resources cannot be overcommitted: a request, if given, equals the limit.
+    assert c["resources"].get("requests", {}).get(C.GPU_RESOURCE, str(units)) == str(units)
+    assert c["command"] == [f"/opt/keti/workloads/workload-{letter}"]
+    assert pod["spec"]["schedulerName"] == "keti-scheduler"
+    # The plugin's Allocate sets these; a pod that set them would fight it.
+    assert not set(env_of(c)) & {
+        C.ENV_LD_PRELOAD,
+        C.ENV_BLESS_LIMIT_PCT,
+        C.ENV_NVIDIA_VISIBLE_DEVICES,
+    }
+
+
+def test_npu_test_requests_one_npu(manifests: list[Manifest]) -> None:
+    (c,) = find(manifests, "Pod", "npu-test").doc["spec"]["containers"]
+    assert c["resources"]["limits"] == {"memory": "128Mi", C.NPU_RESOURCE: "1"}
+
+
+# --- env vars --------------------------------------------------------------------------------
+
+
+def test_env_names_come_from_constants(manifests: list[Manifest]) -> None:
+    for where, _, c in all_containers(manifests):
+        for name, value in env_of(c).items():
+            assert name in ENV_CONSTANTS | set(EXTERNAL_ENV), (
+                f"{where}: env {name} is neither an ENV_* constant nor a known external name"
+            )
+            if name in ENV_VALUES:
+                assert value == ENV_VALUES[name], f"{where}: {name}={value!r}"
+
+
+# --- the plugin DaemonSets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "socket"),
+    [
+        ("keti-gpu-plugin", "gpu", C.GPU_PLUGIN_SOCKET),
+        ("keti-npu-plugin", "npu", C.NPU_PLUGIN_SOCKET),
+    ],
+)
+def test_plugin_daemonset(manifests: list[Manifest], name: str, kind: str, socket: str) -> None:
+    ds = daemonset(manifests, name)
+    assert ds["metadata"]["namespace"] == "kube-system"
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["nodeSelector"] and spec["tolerations"]
+    assert spec["automountServiceAccountToken"] is False
+    plugin = container(spec, "plugin")
+    argv = plugin["command"]
+    assert argv[:3] == ["keti-ray", "plugin", kind]
+    assert argv[argv.index("--plugin-dir") + 1] == C.DEVICE_PLUGIN_DIR
+    assert volume(spec, "device-plugins")["hostPath"]["path"] == C.DEVICE_PLUGIN_DIR
+    assert mount_path(plugin, "device-plugins") == C.DEVICE_PLUGIN_DIR
+    for probe in ("startupProbe", "livenessProbe"):
+        assert plugin[probe]["exec"]["command"] == ["test", "-S", f"{C.DEVICE_PLUGIN_DIR}/{socket}"]
+    for c in containers(spec):
+        assert c["image"] == IMAGE
+        assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+        if c in spec["containers"]:
+            assert "livenessProbe" in c, f"{name}/{c['name']} has no liveness probe"
+
+
+def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> None:
+    spec = daemonset(manifests, "keti-gpu-plugin")["spec"]["template"]["spec"]
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert host["mps-pipe"] == C.MPS_PIPE_DIR
+    assert host["mps-log"] == C.MPS_LOG_DIR
+    assert host["vai-status"] == C.VAI_STATUS_HOST_DIR
+    assert host["vai-shim"] == C.SHIM_HOST_DIR
+    for c in spec["containers"]:
+        env = env_of(c)
+        # Every env var that names a directory points where that directory is mounted.
+        for var, vol in (
+            (C.ENV_MPS_PIPE_DIRECTORY, "mps-pipe"),
+            (C.ENV_VAI_STATUS_DIR, "vai-status"),
+        ):
+            assert env[var] == mount_path(c, vol) == host[vol]
+        assert env[C.ENV_NVIDIA_VISIBLE_DEVICES] == "all"
+    # The shim comes from the ConfigMap that `keti-ray shim configmap` prints.
+    shim = volume(spec, "shim-src")["configMap"]
+    assert shim["name"] == C.SHIM_CONFIGMAP_NAME
+    assert shim["items"] == [{"key": C.SHIM_LIBRARY_NAME, "path": C.SHIM_LIBRARY_NAME}]
+    install = container(spec, "install-shim")
+    assert mount_path(install, "vai-shim") == "/host-vai"
+    assert "mv -f" in install["command"][-1]  # write-then-rename: running pods keep their copy
+
+
+@pytest.mark.parametrize("name", ["keti-gpu-plugin", "keti-npu-plugin"])
+def test_ray_node_joins_the_allocator_with_the_node_resource(
+    manifests: list[Manifest], name: str
+) -> None:
+    spec = daemonset(manifests, name)["spec"]["template"]["spec"]
+    node = container(spec, "ray-node")
+    script = node["args"][0].replace("\\\n", " ")
+    start = next(line for line in script.splitlines() if "ray start" in line)
+    argv = shlex.split(start)
+    opts = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    assert "--block" in argv
+    assert json.loads(opts["--resources"]) == {C.RAY_NODE_RESOURCE: 1}
+    assert opts["--num-gpus"] == "0"  # GPUs go to pods through the plugin, not to Ray tasks
+    # The head it joins is the RayService's head service.
+    rs = next(m for m in manifests if m.kind == "RayService")
+    host, port = env_of(node)["RAY_ADDRESS"].rsplit(":", 1)
+    assert host == f"{rs.name}-head-svc.{rs.namespace}.svc.cluster.local" and port == "6379"
+    probe_port = node["readinessProbe"]["httpGet"]["port"]
+    assert opts["--dashboard-agent-listen-port"] == str(probe_port)
+
+
+# --- RayService and the scheduler extender ---------------------------------------------------
+
+
+def _scheduler_config(manifests: list[Manifest]) -> dict[str, Any]:
+    cm = find(manifests, "ConfigMap", "keti-scheduler-config").doc
+    return yaml.safe_load(cm["data"]["config.yaml"])
+
+
+def test_scheduler_config_is_a_valid_kube_scheduler_configuration(
+    manifests: list[Manifest],
+) -> None:
+    config = _scheduler_config(manifests)
+    assert scheduler_config_errors(config) == []
+    config["extenders"][0]["filterverb"] = "filter"
+    assert any("filterverb" in e for e in scheduler_config_errors(config))
+
+
+def test_extender_points_at_the_allocator_routes(manifests: list[Manifest]) -> None:
+    config = _scheduler_config(manifests)
+    (ext,) = config["extenders"]
+    rs = next(m for m in manifests if m.kind == "RayService")
+    url = urlparse(ext["urlPrefix"])
+    assert url.hostname == f"{rs.name}-serve-svc.{rs.namespace}.svc.cluster.local"
+    assert url.port == C.DEFAULT_API_PORT
+    assert urlparse(f"{ext['urlPrefix']}/{ext['filterVerb']}").path == "/scheduler/filter"
+    assert urlparse(f"{ext['urlPrefix']}/{ext['prioritizeVerb']}").path == "/scheduler/prioritize"
+    assert [r["name"] for r in ext["managedResources"]] == [C.GPU_RESOURCE]
+    # The serve Service KubeRay makes targets the head container port named `serve`.
+    head = rs.doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert ports["serve"] == C.DEFAULT_API_PORT
+    # Pods that opt in name the profile's scheduler, and its leader lease is the one RBAC allows.
+    (profile,) = config["profiles"]
+    assert profile["schedulerName"] == "keti-scheduler"
+    role = find(manifests, "Role", "keti-scheduler-leader-election").doc
+    assert role["rules"][0]["resourceNames"] == [config["leaderElection"]["resourceName"]]
+    deploy = find(manifests, "Deployment", "keti-scheduler").doc["spec"]["template"]["spec"]
+    (sched,) = deploy["containers"]
+    cm_mount = mount_path(sched, "config")
+    assert f"--config={cm_mount}/config.yaml" in sched["command"]
+
+
+# --- references between objects --------------------------------------------------------------
+
+
+def test_service_accounts_and_claims_exist(manifests: list[Manifest]) -> None:
+    accounts = {(m.namespace, m.name) for m in manifests if m.kind == "ServiceAccount"}
+    claims = {(m.namespace, m.name) for m in manifests if m.kind == "PersistentVolumeClaim"}
+    for m in manifests:
+        for where, spec in pod_specs(m):
+            if "serviceAccountName" in spec:
+                assert (m.namespace, spec["serviceAccountName"]) in accounts, where
+            for v in spec.get("volumes", []):
+                if "persistentVolumeClaim" in v:
+                    ref = (m.namespace, v["persistentVolumeClaim"]["claimName"])
+                    assert ref in claims, f"{where}: no PVC {ref}"
+    for m in manifests:
+        if m.kind in ("RoleBinding", "ClusterRoleBinding"):
+            for s in m.doc["subjects"]:
+                assert (s["namespace"], s["name"]) in accounts, m.where()
+            ref = m.doc["roleRef"]
+            if not ref["name"].startswith(("system:", "extension-apiserver-")):
+                find(manifests, ref["kind"], ref["name"])
+
+
+def test_every_rbac_rule_says_what_it_is_for() -> None:
+    """Each rule in 10-rbac.yaml has a comment right above it."""
+    lines = (MANIFEST_DIR / "10-rbac.yaml").read_text().splitlines()
+    rules = [i for i, line in enumerate(lines) if re.match(r"^\s+- apiGroups:", line)]
+    assert rules
+    for i in rules:
+        assert lines[i - 1].strip().startswith("#"), f"10-rbac.yaml:{i + 1}: rule without comment"
+
+
+def test_rbac_grants_only_reads_to_the_allocator(manifests: list[Manifest]) -> None:
+    role = find(manifests, "ClusterRole", "keti-allocator").doc
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}
+        assert "*" not in rule["resources"]
+
+
+def test_keti_images_are_one_image(manifests: list[Manifest]) -> None:
+    images = {c["image"] for _, _, c in all_containers(manifests) if "keti" in c["image"]}
+    assert images == {IMAGE}
+
+
+def test_namespaced_objects_name_their_namespace(manifests: list[Manifest]) -> None:
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    for m in manifests:
+        if m.kind not in cluster_scoped:
+            assert m.namespace, f"{m.where()} has no namespace"
