@@ -110,7 +110,9 @@ def pairs(r1: dict) -> list[dict]:
     ):
         ref = r1[ref_label][key]
         p1, p2 = r1[f"mps/{wl}/pair50/1"], r1[f"mps/{wl}/pair50/2"]
-        overlap = min(p1["t_end"], p2["t_end"]) - max(p1["t_start"], p2["t_start"]) if wl != "d" else None
+        overlap = (
+            min(p1["t_end"], p2["t_end"]) - max(p1["t_start"], p2["t_start"]) if wl != "d" else None
+        )
         total = p1[key] + p2[key]
         out.append(
             check(
@@ -161,7 +163,7 @@ def quota(r1: dict) -> list[dict]:
         q = r1[label]
         out.append(
             check(
-                f"memory quota {label.split('/')[-1]}: PyTorch OOM past the limit, mem_get_info = quota",
+                f"memory quota {label.split('/')[-1]}: PyTorch OOM past it, mem_get_info = quota",
                 q["mem_get_info_total"] == limit
                 and q["allocated_before_oom"] <= limit
                 and bool(q["oom"])
@@ -185,7 +187,10 @@ def rates(run: dict, prefix: str) -> dict[str, list[float]]:
 def overhead(r2: dict, r7: dict) -> list[dict]:
     mps = rates(r2, "mps-pinned/c/")
     ab = rates(r7, "launchab/c/")
-    med = {k: statistics.median(v) for k, v in {**{"mps-" + k: v for k, v in mps.items()}, **ab}.items()}
+    med = {
+        k: statistics.median(v)
+        for k, v in {**{"mps-" + k: v for k, v in mps.items()}, **ab}.items()
+    }
     out = [
         check(
             "overhead, MPS: empty-kernel launch rate under the shim (50%) >= 98% of without",
@@ -255,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         + explicit(r6)
     )
     report = {
-        "source": str(args.results.relative_to(ROOT)) if args.results.is_relative_to(ROOT) else str(args.results),
+        "source": str(args.results.relative_to(ROOT))
+        if args.results.is_relative_to(ROOT)
+        else str(args.results),
         "device": env.strip().splitlines()[1] if env.count("\n") >= 1 else "",
         "passed": sum(c["pass"] for c in checks),
         "failed": sum(not c["pass"] for c in checks),

@@ -197,13 +197,14 @@ static void test_memtrack(void) {
 
 static void test_status(void) {
   vai_status s = {"green", "GPU-0123", 50, 132, 64, 64};
+  setenv("POD_NAME", "pod-a", 1);
   char buf[1024];
   int n = vai_status_format(buf, sizeof buf, &s, "init");
   CHECK(n > 0 && buf[n - 1] == '\n' && strchr(buf, '\n') == buf + n - 1, "one line");
   CHECK(strstr(buf, "\"mechanism\":\"green\"") && strstr(buf, "\"sms_granted\":64") &&
             strstr(buf, "\"sms_asked\":64") && strstr(buf, "\"limit_pct\":50") &&
             strstr(buf, "\"gpu_uuid\":\"GPU-0123\"") && strstr(buf, "\"phase\":\"init\"") &&
-            strstr(buf, "\"memory_peak\":"),
+            strstr(buf, "\"memory_peak\":") && strstr(buf, "\"pod\":\"pod-a\""),
         "fields: %s", buf);
   char dir[] = "/tmp/vai_units_XXXXXX";
   CHECK(mkdtemp(dir) != NULL, "tmp dir");
