@@ -250,5 +250,20 @@ if [[ " $SECTIONS " == *" launchab "* ]]; then
   done
 fi
 
+# ---- final library sanity: quota, green PyTorch, MPS caps (primary and explicit), pair ----
+if [[ " $SECTIONS " == *" sanity "* ]]; then
+  run sanity/nomps/d-quota/4Gi $(shim) VAI_MEMORY_LIMIT=4Gi $D --quota
+  run sanity/nomps/d/green50 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS=1 $D
+  run sanity/nomps/a/green25 $(shim) BLESS_LIMIT_PCT=25 VAI_WL_SECONDS=1 $A
+  mps_start
+  run sanity/mps/a/noshim VAI_WL_SECONDS=2 $A
+  run sanity/mps/a/shim50 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS=2 $A
+  run sanity/mps/a/shim25-explicit $(shim) BLESS_LIMIT_PCT=25 VAI_WL_CTX=explicit VAI_WL_SECONDS=1 $A
+  run sanity/mps/d/shim50 $(shim) BLESS_LIMIT_PCT=50 VAI_WL_SECONDS=1 $D
+  run sanity/mps/d-quota/shim50-2Gi $(shim) BLESS_LIMIT_PCT=50 VAI_MEMORY_LIMIT=2Gi $D --quota
+  pair sanity/mps/a/pair50 3 $A
+  mps_stop
+fi
+
 cat "$STATUS"/*.json >"$OUT/status.jsonl" 2>/dev/null
 echo "done: $(wc -l <"$J") runs"

@@ -14,6 +14,7 @@
 typedef struct {
   unsigned long long key; /* 0 = empty slot (no allocation is ever at address/handle 0) */
   unsigned long long size;
+  unsigned long long gen; /* which allocation at this key (addresses are reused) */
   int dev;
 } slot;
 
@@ -25,7 +26,7 @@ typedef struct {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static table tables[2];
-static unsigned long long used_bytes, peak_bytes;
+static unsigned long long used_bytes, peak_bytes, next_gen;
 
 static size_t hash(unsigned long long k, size_t cap) {
   k ^= k >> 33;
@@ -55,7 +56,7 @@ static void put(table *t, unsigned long long key, unsigned long long size, int d
   size_t j = hash(key, t->cap);
   while (t->slots[j].key && t->slots[j].key != key) j = (j + 1) & (t->cap - 1);
   if (!t->slots[j].key) t->count++;
-  t->slots[j] = (slot){key, size, dev};
+  t->slots[j] = (slot){key, size, ++next_gen, dev};
 }
 
 static void erase_at(table *t, size_t i) {
@@ -117,7 +118,8 @@ VAI_HIDDEN void vai_mem_commit(int kind, unsigned long long key, unsigned long l
   pthread_mutex_lock(&mu);
   table *t = &tables[kind];
   size_t at;
-  if (find(t, key, &at)) { /* a stale entry (freed behind our back): credit it first */
+  if (find(t, key, &at)) { /* the driver reused a freed address before that free was settled:
+                              credit the old entry now (its release will find a newer gen) */
     used_bytes = used_bytes >= t->slots[at].size ? used_bytes - t->slots[at].size : 0;
   }
   put(t, key, n, dev);
@@ -130,6 +132,30 @@ VAI_HIDDEN unsigned long long vai_mem_release(int kind, unsigned long long key) 
   table *t = &tables[kind];
   size_t at;
   if (key && find(t, key, &at)) {
+    n = t->slots[at].size;
+    erase_at(t, at);
+    used_bytes = used_bytes >= n ? used_bytes - n : 0;
+  }
+  pthread_mutex_unlock(&mu);
+  return n;
+}
+
+VAI_HIDDEN unsigned long long vai_mem_generation(int kind, unsigned long long key) {
+  unsigned long long g = 0;
+  pthread_mutex_lock(&mu);
+  size_t at;
+  if (key && find(&tables[kind], key, &at)) g = tables[kind].slots[at].gen;
+  pthread_mutex_unlock(&mu);
+  return g;
+}
+
+VAI_HIDDEN unsigned long long vai_mem_release_if(int kind, unsigned long long key,
+                                                 unsigned long long gen) {
+  unsigned long long n = 0;
+  pthread_mutex_lock(&mu);
+  table *t = &tables[kind];
+  size_t at;
+  if (key && find(t, key, &at) && t->slots[at].gen == gen) {
     n = t->slots[at].size;
     erase_at(t, at);
     used_bytes = used_bytes >= n ? used_bytes - n : 0;

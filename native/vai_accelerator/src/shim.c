@@ -402,7 +402,7 @@ static unsigned make_green(CUdevice d, unsigned want, CUgreenCtx *g, CUcontext *
   if ((*rc = real.cuGreenCtxCreate(g, desc, d, CU_GREEN_CTX_DEFAULT_STREAM)) != CUDA_SUCCESS)
     return 0;
   if ((*rc = real.cuCtxFromGreenCtx(ctx, *g)) != CUDA_SUCCESS) {
-    real.cuGreenCtxDestroy(*g);
+    if (real.cuGreenCtxDestroy) real.cuGreenCtxDestroy(*g);
     return 0;
   }
   return got;
@@ -754,7 +754,7 @@ static CUresult green_explicit(CUcontext *pctx, unsigned caller, CUdevice d) {
   }
   pthread_mutex_unlock(&st_mu);
   if (slot < 0) {
-    real.cuGreenCtxDestroy(g);
+    if (real.cuGreenCtxDestroy) real.cuGreenCtxDestroy(g);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   /* cuCtxCreate makes the new context current, supplanting (pushing over) the old one. */
@@ -964,32 +964,35 @@ VAI_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n,
   return r;
 }
 
+/* Frees credit the entry only after the driver freed it (never early: the quota always covers
+ * what the driver holds), and only the allocation that was there before the call: the driver may
+ * hand the address to another thread in between (see vai_mem_generation). */
+#define FREE_BODY(kind, key, call)                                                                \
+  do {                                                                                            \
+    unsigned long long g_ = vai_mem_generation((kind), (key));                                    \
+    CUresult r_ = (call);                                                                         \
+    if (r_ == CUDA_SUCCESS && g_) vai_mem_release_if((kind), (key), g_);                          \
+    return r_;                                                                                    \
+  } while (0)
+
 VAI_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
   if (!ensure_loaded() || !real.cuMemRelease) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult r = real.cuMemRelease(h);
-  if (r == CUDA_SUCCESS) vai_mem_release(VAI_MEM_HANDLE, h);
-  return r;
+  FREE_BODY(VAI_MEM_HANDLE, h, real.cuMemRelease(h));
 }
 
 VAI_EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
   if (!ensure_loaded() || !real.cuMemFree_v2) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult r = real.cuMemFree_v2(p);
-  if (r == CUDA_SUCCESS) vai_mem_release(VAI_MEM_PTR, p);
-  return r;
+  FREE_BODY(VAI_MEM_PTR, p, real.cuMemFree_v2(p));
 }
 
 VAI_EXPORT CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
   if (!ensure_loaded() || !real.cuMemFreeAsync) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult r = real.cuMemFreeAsync(p, s);
-  if (r == CUDA_SUCCESS) vai_mem_release(VAI_MEM_PTR, p);
-  return r;
+  FREE_BODY(VAI_MEM_PTR, p, real.cuMemFreeAsync(p, s));
 }
 
 VAI_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) {
   if (!ensure_loaded() || !real.cuMemFreeAsync_ptsz) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult r = real.cuMemFreeAsync_ptsz(p, s);
-  if (r == CUDA_SUCCESS) vai_mem_release(VAI_MEM_PTR, p);
-  return r;
+  FREE_BODY(VAI_MEM_PTR, p, real.cuMemFreeAsync_ptsz(p, s));
 }
 
 VAI_EXPORT CUresult cuMemGetInfo_v2(size_t *free_b, size_t *total_b) {

@@ -63,6 +63,12 @@ VAI_HIDDEN void vai_mem_unreserve(unsigned long long n);
 VAI_HIDDEN void vai_mem_commit(int kind, unsigned long long key, unsigned long long n, int dev);
 /* Forget key and credit its bytes; returns the bytes credited (0 if unknown). */
 VAI_HIDDEN unsigned long long vai_mem_release(int kind, unsigned long long key);
+/* The generation of key's live entry (0: none). A free reads it before calling the driver and
+ * releases only that generation afterwards: if the driver handed the address to another thread
+ * in between, that thread's newer entry survives (its commit already credited the old one). */
+VAI_HIDDEN unsigned long long vai_mem_generation(int kind, unsigned long long key);
+VAI_HIDDEN unsigned long long vai_mem_release_if(int kind, unsigned long long key,
+                                                 unsigned long long gen);
 /* Forget every allocation of device dev (its context was reset). */
 VAI_HIDDEN void vai_mem_forget_device(int dev);
 VAI_HIDDEN void vai_mem_stats(unsigned long long *used, unsigned long long *peak);

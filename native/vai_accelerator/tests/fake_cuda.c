@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fake_api.h"
 #include "vai_cuda.h"
@@ -56,7 +57,7 @@ EXPORT int fakecuda_calls(const char *name) {
 
 /* ---- device state ---- */
 static int inited, n_sms = 132, mps, no_green, gpa_internal, mps_pct_seen = -1;
-static unsigned long long mem_total = 80ULL << 30, mem_used;
+static unsigned long long mem_total = 80ULL << 30, mem_used, mem_peak;
 static unsigned last_affinity;
 
 struct fake_ctx {
@@ -95,6 +96,7 @@ EXPORT int fakecuda_mps_pct_seen(void) { return mps_pct_seen; }
 EXPORT unsigned fakecuda_last_affinity(void) { return last_affinity; }
 EXPORT CUcontext fakecuda_primary(int dev) { return (CUcontext)&primary; }
 EXPORT int fakecuda_primary_refs(void) { return primary_refs; }
+EXPORT unsigned long long fakecuda_mem_peak(void) { return mem_peak; } /* most the driver held */
 
 static unsigned long long env_ull(const char *k, unsigned long long d) {
   const char *v = getenv(k);
@@ -354,7 +356,8 @@ FN(cuGreenCtxDestroy, (CUgreenCtx g), (g)) {
 static struct {
   unsigned long long key, size;
 } allocs[4096];
-static unsigned long long next_ptr = 0x7f0000000000ULL, next_handle = 1;
+static const unsigned long long next_ptr = 0x100000000000ULL;
+static unsigned long long next_handle = 1;
 
 static CUresult fake_alloc(unsigned long long *out, unsigned long long n, int handle) {
   NEED_CTX;
@@ -364,10 +367,12 @@ static CUresult fake_alloc(unsigned long long *out, unsigned long long n, int ha
   if (mem_used + n <= mem_total) {
     for (int i = 0; i < 4096; i++) {
       if (allocs[i].key) continue;
-      allocs[i].key = handle ? next_handle++ : next_ptr;
-      if (!handle) next_ptr += (n + 511) / 512 * 512;
+      /* Slot i always maps to the same address, so freed addresses come back at once (as a
+       * real allocator's do): races between a free and a new allocation show up in tests. */
+      allocs[i].key = handle ? next_handle++ : next_ptr + ((unsigned long long)i << 32);
       allocs[i].size = n;
       mem_used += n;
+      if (mem_used > mem_peak) mem_peak = mem_used;
       *out = allocs[i].key;
       r = CUDA_SUCCESS;
       break;
@@ -376,6 +381,8 @@ static CUresult fake_alloc(unsigned long long *out, unsigned long long n, int ha
   pthread_mutex_unlock(&mu);
   return r;
 }
+
+static int slow_free = -1;
 
 static CUresult fake_free(unsigned long long key) {
   NEED_INIT;
@@ -390,6 +397,9 @@ static CUresult fake_free(unsigned long long key) {
     }
   }
   pthread_mutex_unlock(&mu);
+  /* FAKE_CUDA_SLOW_FREE=1: return late, after the address is already free for others. */
+  if (slow_free < 0) slow_free = (int)env_ull("FAKE_CUDA_SLOW_FREE", 0);
+  if (slow_free) usleep(20);
   return r;
 }
 

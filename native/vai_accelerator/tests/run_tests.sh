@@ -111,5 +111,7 @@ f=$(ls "$TMP"/status/vai-*.json 2>/dev/null | head -1)
 expect_file status-line-mps "${f:-missing}" '"mechanism":"mps"' '"sms_granted":66' '"sms_asked":66' '"sms_device":66'
 t memory-driver-refusal 0 VAI_MEMORY_LIMIT=1Gi FAKE_CUDA_MEM_TOTAL=805306368 "$C" driver_oom
 
+t memory-threads 0 VAI_MEMORY_LIMIT=64Mi FAKE_CUDA_SLOW_FREE=1 "$C" threads
+
 echo "shim tests: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -365,6 +365,45 @@ static int case_driver_oom(void) {
   return 0;
 }
 
+/* Many threads allocating and freeing with address reuse: the quota must end where it began. */
+static void *churn(void *arg) {
+  CUcontext c = arg;
+  p_setcur(c);
+  unsigned seed = (unsigned)(size_t)&c;
+  CUdeviceptr mine[8] = {0};
+  for (int i = 0; i < 20000; i++) {
+    int k = (int)(rand_r(&seed) % 8);
+    if (mine[k]) {
+      p_free(mine[k]);
+      mine[k] = 0;
+    } else if (p_alloc(&mine[k], (1 + rand_r(&seed) % 4) * MiB) != CUDA_SUCCESS) {
+      mine[k] = 0;
+    }
+  }
+  for (int k = 0; k < 8; k++)
+    if (mine[k]) p_free(mine[k]);
+  return NULL;
+}
+
+static int case_threads(void) {
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  pthread_t t[8];
+  for (int i = 0; i < 8; i++) pthread_create(&t[i], NULL, churn, c);
+  for (int i = 0; i < 8; i++) pthread_join(t[i], NULL);
+  size_t fr = 0, tot = 0;
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && fr == tot && tot == 64 * MiB,
+        "after 160000 alloc/free from 8 threads the quota is whole again: free %zu of %zu", fr, tot);
+  unsigned long long (*peak)(void) = (unsigned long long (*)(void))dlsym(lib, "fakecuda_mem_peak");
+  CHECK(peak && peak() <= 64 * MiB, "the driver never held more than the quota (peak %llu)",
+        peak ? peak() : 0ULL);
+  CUdeviceptr a = 0, b = 0;
+  CHECK(p_alloc(&a, 64 * MiB) == CUDA_SUCCESS && p_alloc(&b, 1) == CUDA_ERROR_OUT_OF_MEMORY,
+        "the full quota and not a byte more");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_client hooks|init|green|mps|passthrough|failed|memory|driver_oom\n");
@@ -380,6 +419,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(c, "failed")) case_failed();
   else if (!strcmp(c, "memory")) case_memory();
   else if (!strcmp(c, "driver_oom")) case_driver_oom();
+  else if (!strcmp(c, "threads")) case_threads();
   else {
     fprintf(stderr, "unknown case %s\n", c);
     return 2;

@@ -153,6 +153,19 @@ static void test_memtrack(void) {
   CHECK(vai_mem_release(VAI_MEM_PTR, 0x1000) == 600, "release credits 600");
   CHECK(vai_mem_release(VAI_MEM_PTR, 0x1000) == 0, "double free credits nothing");
   CHECK(vai_mem_release(VAI_MEM_HANDLE, 0x1000) == 0, "kinds are separate");
+  /* Address reuse: free read gen1, the driver freed and re-issued the address to another
+   * allocation (gen2) before the first free settled: only gen1 is credited, gen2 stays. */
+  CHECK(vai_mem_reserve(100) == 0, "reserve 100");
+  vai_mem_commit(VAI_MEM_PTR, 0x2000, 100, 0);
+  unsigned long long g1 = vai_mem_generation(VAI_MEM_PTR, 0x2000);
+  CHECK(vai_mem_reserve(200) == 0, "reserve 200 at the reused address");
+  vai_mem_commit(VAI_MEM_PTR, 0x2000, 200, 0);
+  unsigned long long g2 = vai_mem_generation(VAI_MEM_PTR, 0x2000);
+  CHECK(g1 && g2 && g1 != g2, "generations differ (%llu, %llu)", g1, g2);
+  CHECK(vai_mem_release_if(VAI_MEM_PTR, 0x2000, g1) == 0, "the late free of gen1 credits nothing");
+  vai_mem_stats(&used, NULL);
+  CHECK(used == 200, "only the live 200 counted (%llu)", used);
+  CHECK(vai_mem_release_if(VAI_MEM_PTR, 0x2000, g2) == 200, "gen2's free credits 200");
   vai_cfg.memory_limit = 0; /* unlimited: still tracked */
   /* Randomised against a reference model: many live entries, growth, deletions, device resets. */
   enum { N = 5000 };
