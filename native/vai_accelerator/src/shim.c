@@ -117,13 +117,17 @@ static struct {
   CUresult (*cuDevicePrimaryCtxReset)(CUdevice);
   CUresult (*cuDevicePrimaryCtxReset_v2)(CUdevice);
   CUresult (*cuDevicePrimaryCtxGetState)(CUdevice, unsigned *, int *);
+  CUresult (*cuCtxCreate)(CUcontext *, unsigned, CUdevice); /* pre-3.2 ABI, same signature */
   CUresult (*cuCtxCreate_v2)(CUcontext *, unsigned, CUdevice);
   CUresult (*cuCtxCreate_v3)(CUcontext *, CUexecAffinityParam *, int, unsigned, CUdevice);
   CUresult (*cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned, CUdevice);
+  CUresult (*cuCtxDestroy)(CUcontext);
   CUresult (*cuCtxDestroy_v2)(CUcontext);
   CUresult (*cuCtxSetCurrent)(CUcontext);
   CUresult (*cuCtxGetCurrent)(CUcontext *);
+  CUresult (*cuCtxPushCurrent)(CUcontext);
   CUresult (*cuCtxPushCurrent_v2)(CUcontext);
+  CUresult (*cuCtxPopCurrent)(CUcontext *);
   CUresult (*cuCtxPopCurrent_v2)(CUcontext *);
   CUresult (*cuCtxGetDevice)(CUdevice *);
   CUresult (*cuMemAlloc_v2)(CUdeviceptr *, size_t);
@@ -162,13 +166,17 @@ static struct {
   X(cuDevicePrimaryCtxReset)                                                                      \
   X(cuDevicePrimaryCtxReset_v2)                                                                   \
   X(cuDevicePrimaryCtxGetState)                                                                   \
+  X(cuCtxCreate)                                                                                  \
   X(cuCtxCreate_v2)                                                                               \
   X(cuCtxCreate_v3)                                                                               \
   X(cuCtxCreate_v4)                                                                               \
+  X(cuCtxDestroy)                                                                                 \
   X(cuCtxDestroy_v2)                                                                              \
   X(cuCtxSetCurrent)                                                                              \
   X(cuCtxGetCurrent)                                                                              \
+  X(cuCtxPushCurrent)                                                                             \
   X(cuCtxPushCurrent_v2)                                                                          \
+  X(cuCtxPopCurrent)                                                                              \
   X(cuCtxPopCurrent_v2)                                                                           \
   X(cuMemAlloc_v2)                                                                                \
   X(cuMemAllocPitch_v2)                                                                           \
@@ -226,9 +234,13 @@ static const struct {
     {"cuCtxCreate", 12050, -1, "cuCtxCreate_v4"},
     {"cuCtxCreate", 11040, -1, "cuCtxCreate_v3"},
     {"cuCtxCreate", 3020, -1, "cuCtxCreate_v2"},
+    {"cuCtxCreate", 0, -1, "cuCtxCreate"},
     {"cuCtxDestroy", 4000, -1, "cuCtxDestroy_v2"},
+    {"cuCtxDestroy", 0, -1, "cuCtxDestroy"},
     {"cuCtxPushCurrent", 4000, -1, "cuCtxPushCurrent_v2"},
+    {"cuCtxPushCurrent", 0, -1, "cuCtxPushCurrent"},
     {"cuCtxPopCurrent", 4000, -1, "cuCtxPopCurrent_v2"},
+    {"cuCtxPopCurrent", 0, -1, "cuCtxPopCurrent"},
     {"cuDevicePrimaryCtxRelease", 11000, -1, "cuDevicePrimaryCtxRelease_v2"},
     {"cuDevicePrimaryCtxRelease", 0, -1, "cuDevicePrimaryCtxRelease"},
     {"cuDevicePrimaryCtxReset", 11000, -1, "cuDevicePrimaryCtxReset_v2"},
@@ -699,6 +711,20 @@ VAI_EXPORT CUresult cuCtxPushCurrent_v2(CUcontext c) {
   return real.cuCtxPushCurrent_v2(map_ctx(c));
 }
 
+VAI_EXPORT CUresult cuCtxPushCurrent(CUcontext c) {
+  if (!ensure_loaded() || !real.cuCtxPushCurrent) return CUDA_ERROR_NOT_INITIALIZED;
+  COUNT(CNT_PUSH);
+  return real.cuCtxPushCurrent(map_ctx(c));
+}
+
+VAI_EXPORT CUresult cuCtxPopCurrent(CUcontext *pc) {
+  if (!ensure_loaded() || !real.cuCtxPopCurrent) return CUDA_ERROR_NOT_INITIALIZED;
+  COUNT(CNT_POP);
+  CUresult r = real.cuCtxPopCurrent(pc);
+  if (r == CUDA_SUCCESS && pc) *pc = map_ctx(*pc);
+  return r;
+}
+
 VAI_EXPORT CUresult cuCtxGetCurrent(CUcontext *pc) {
   COUNT(CNT_GET_CURRENT);
   if (!ensure_loaded() || !real.cuCtxGetCurrent) return CUDA_ERROR_NOT_INITIALIZED;
@@ -807,14 +833,24 @@ static CUresult mps_explicit(CUcontext *pctx, const CUexecAffinityParam *params,
   return r;
 }
 
-VAI_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned flags, CUdevice d) {
-  if (!ensure_loaded() || !real.cuCtxCreate_v2) return CUDA_ERROR_NOT_INITIALIZED;
+static CUresult ctx_create_plain(CUresult (*fn)(CUcontext *, unsigned, CUdevice), CUcontext *pctx,
+                                 unsigned flags, CUdevice d) {
   switch (st.mech) {
     case MECH_MPS: return mps_explicit(pctx, NULL, 0, NULL, flags, d);
     case MECH_GREEN: return pctx ? green_explicit(pctx, 0, d) : CUDA_ERROR_INVALID_VALUE;
     case MECH_FAILED: return st.init_result;
-    default: return real.cuCtxCreate_v2(pctx, flags, d);
+    default: return fn(pctx, flags, d);
   }
+}
+
+VAI_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned flags, CUdevice d) {
+  if (!ensure_loaded() || !real.cuCtxCreate_v2) return CUDA_ERROR_NOT_INITIALIZED;
+  return ctx_create_plain(real.cuCtxCreate_v2, pctx, flags, d);
+}
+
+VAI_EXPORT CUresult cuCtxCreate(CUcontext *pctx, unsigned flags, CUdevice d) {
+  if (!ensure_loaded() || !real.cuCtxCreate) return CUDA_ERROR_NOT_INITIALIZED;
+  return ctx_create_plain(real.cuCtxCreate, pctx, flags, d);
 }
 
 VAI_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int n,
@@ -844,8 +880,7 @@ VAI_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *cp, unsig
   }
 }
 
-VAI_EXPORT CUresult cuCtxDestroy_v2(CUcontext c) {
-  if (!ensure_loaded() || !real.cuCtxDestroy_v2) return CUDA_ERROR_NOT_INITIALIZED;
+static CUresult ctx_destroy(CUresult (*fn)(CUcontext), CUcontext c) {
   if (st.mech == MECH_GREEN && c) {
     CUgreenCtx g = NULL;
     pthread_mutex_lock(&st_mu);
@@ -867,7 +902,17 @@ VAI_EXPORT CUresult cuCtxDestroy_v2(CUcontext c) {
       return real.cuGreenCtxDestroy(g);
     }
   }
-  return real.cuCtxDestroy_v2(c);
+  return fn(c);
+}
+
+VAI_EXPORT CUresult cuCtxDestroy_v2(CUcontext c) {
+  if (!ensure_loaded() || !real.cuCtxDestroy_v2) return CUDA_ERROR_NOT_INITIALIZED;
+  return ctx_destroy(real.cuCtxDestroy_v2, c);
+}
+
+VAI_EXPORT CUresult cuCtxDestroy(CUcontext c) {
+  if (!ensure_loaded() || !real.cuCtxDestroy) return CUDA_ERROR_NOT_INITIALIZED;
+  return ctx_destroy(real.cuCtxDestroy, c);
 }
 
 /* ---- hooks: memory ---------------------------------------------------------------------------- */

@@ -236,6 +236,7 @@ static unsigned find_aff(const CUexecAffinityParam *p, int n) {
 }
 
 FN(cuCtxCreate_v2, (CUcontext * pc, unsigned f, CUdevice d), (pc, f, d)) { return create(pc, 0, d); }
+FN(cuCtxCreate, (CUcontext * pc, unsigned f, CUdevice d), (pc, f, d)) { return create(pc, 0, d); }
 FN(cuCtxCreate_v3, (CUcontext * pc, CUexecAffinityParam *p, int n, unsigned f, CUdevice d),
    (pc, p, n, f, d)) {
   return create(pc, find_aff(p, n), d);
@@ -488,6 +489,7 @@ static const struct {
     SYM("cuCtxCreate", 12050, -1, cuCtxCreate_v4),
     SYM("cuCtxCreate", 11040, -1, cuCtxCreate_v3),
     SYM("cuCtxCreate", 3020, -1, cuCtxCreate_v2),
+    SYM("cuCtxCreate", 2000, -1, cuCtxCreate),
     SYM("cuCtxDestroy", 4000, -1, cuCtxDestroy_v2),
     SYM("cuCtxSetCurrent", 4000, -1, cuCtxSetCurrent),
     SYM("cuCtxGetCurrent", 4000, -1, cuCtxGetCurrent),

@@ -60,6 +60,7 @@ static CUresult (*p_attr)(int *, CUdevice_attribute, CUdevice);
 static CUresult (*p_create4)(CUcontext *, CUctxCreateParams *, unsigned, CUdevice);
 static CUresult (*p_create3)(CUcontext *, CUexecAffinityParam *, int, unsigned, CUdevice);
 static CUresult (*p_create2)(CUcontext *, unsigned, CUdevice);
+static CUresult (*p_create1)(CUcontext *, unsigned, CUdevice);
 static CUresult (*p_destroy)(CUcontext);
 static CUresult (*p_alloc)(CUdeviceptr *, size_t);
 static CUresult (*p_pitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
@@ -104,6 +105,7 @@ static void setup(void) {
   p_create4 = get("cuCtxCreate", CUDA_VER, 0);
   p_create3 = get("cuCtxCreate", 11040, 0);
   p_create2 = get("cuCtxCreate", 11000, 0);
+  p_create1 = get("cuCtxCreate", 3010, 0); /* the pre-3.2 ABI entry point */
   p_destroy = get("cuCtxDestroy", CUDA_VER, 0);
   p_alloc = get("cuMemAlloc", CUDA_VER, 0);
   p_pitch = get("cuMemAllocPitch", CUDA_VER, 0);
@@ -152,6 +154,7 @@ static int case_hooks(void) {
       {"cuCtxCreate", CUDA_VER, 0, "cuCtxCreate_v4"},
       {"cuCtxCreate", 12000, 0, "cuCtxCreate_v3"},
       {"cuCtxCreate", 11000, 0, "cuCtxCreate_v2"},
+      {"cuCtxCreate", 3010, 0, "cuCtxCreate"},
       {"cuCtxSetCurrent", CUDA_VER, 0, "cuCtxSetCurrent"},
       {"cuCtxGetCurrent", CUDA_VER, 0, "cuCtxGetCurrent"},
       {"cuCtxPushCurrent", CUDA_VER, 0, "cuCtxPushCurrent_v2"},
@@ -247,7 +250,13 @@ static int case_green(void) {
   CHECK(p_create3(&e3, &ap, 1, 0, 0) == CUDA_SUCCESS && ctx_sms(e3) == (want < 16 ? want : 16),
         "cuCtxCreate_v3 asking 16 SMs -> %u", ctx_sms(e3));
   CHECK(p_create2(&e2, 0, 0) == CUDA_SUCCESS && ctx_sms(e2) == want, "cuCtxCreate_v2 -> %u", ctx_sms(e2));
-  CHECK(calls("cuCtxCreate_v4") + calls("cuCtxCreate_v3") + calls("cuCtxCreate_v2") == 0,
+  CUcontext e1 = NULL;
+  CHECK(p_create1 && p_create1(&e1, 0, 0) == CUDA_SUCCESS && ctx_kind(e1) == FAKE_CTX_GREEN &&
+            ctx_sms(e1) == want,
+        "old-ABI cuCtxCreate -> green %u", e1 ? ctx_sms(e1) : 0);
+  CHECK(calls("cuCtxCreate_v4") + calls("cuCtxCreate_v3") + calls("cuCtxCreate_v2") +
+                calls("cuCtxCreate") ==
+            0,
         "no unrestricted context reached the driver");
   CHECK(p_release(0) == CUDA_SUCCESS, "primary release");
   return 0;
