@@ -241,8 +241,8 @@ def explicit(r6: dict) -> list[dict]:
     return out
 
 
-def final_library(r8: dict) -> list[dict]:
-    """Call 8: the committed library, re-checked end to end on the GPU."""
+def final_library(r8: dict, call: str = "call 8") -> list[dict]:
+    """Calls 8 and 9: the committed library, re-checked end to end on the GPU."""
     q = r8.get("sanity/nomps/d-quota/4Gi", {})
     qm = r8.get("sanity/mps/d-quota/shim50-2Gi", {})
     d_green, d_mps = r8.get("sanity/nomps/d/green50", {}), r8.get("sanity/mps/d/shim50", {})
@@ -250,7 +250,7 @@ def final_library(r8: dict) -> list[dict]:
     p1, p2 = r8.get("sanity/mps/a/pair50/1", {}), r8.get("sanity/mps/a/pair50/2", {})
     return [
         check(
-            "final library: quota (no MPS 4Gi, MPS 50% 2Gi) = mem_get_info, OOM past it",
+            f"{call}, final library: quota (no MPS 4Gi, MPS 50% 2Gi) = mem_get_info, OOM past it",
             q.get("mem_get_info_total") == 4 << 30
             and qm.get("mem_get_info_total") == 2 << 30
             and str(q.get("oom", "")).startswith("OutOfMemoryError")
@@ -258,7 +258,7 @@ def final_library(r8: dict) -> list[dict]:
             totals=[q.get("mem_get_info_total"), qm.get("mem_get_info_total")],
         ),
         check(
-            "final library: PyTorch at 50% (green 64 SMs, MPS 66 SMs) capped and correct",
+            f"{call}, final library: PyTorch at 50% (green 64 SMs, MPS 66 SMs) capped and correct",
             d_green.get("sms_seen") == 64
             and d_green.get("correct")
             and d_mps.get("sms_seen") == d_mps.get("sms_attr") == 66
@@ -267,7 +267,7 @@ def final_library(r8: dict) -> list[dict]:
             mps=[d_mps.get("sms_seen"), d_mps.get("tflops")],
         ),
         check(
-            "final library: MPS 50% workload a; explicit context at 25%; pair at 50%",
+            f"{call}, final library: MPS 50% workload a; explicit context at 25%; pair at 50%",
             a50.get("sms_seen") == 66
             and r8.get("sanity/mps/a/shim25-explicit", {}).get("sms_seen") == 32
             and p1.get("tflops", 0) + p2.get("tflops", 0) >= 0.9 * a_full.get("tflops", 1e9)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = load(args.results)
     status = status_by_pid(args.results)
     env = (args.results / "env.txt").read_text() if (args.results / "env.txt").exists() else ""
-    r1, r2, r5, r6, r7, r8 = (runs.get(f"run{i}", {}) for i in (1, 2, 5, 6, 7, 8))
+    r1, r2, r5, r6, r7, r8, r9 = (runs.get(f"run{i}", {}) for i in (1, 2, 5, 6, 7, 8, 9))
     checks = (
         sm_caps_mps(r1, status)
         + pytorch_mps(r1, r2)
@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         + quota(r1)
         + overhead(r2, r7)
         + explicit(r6)
-        + final_library(r8)
+        + final_library(r8, "call 8")
+        + final_library(r9, "call 9")
     )
     report = {
         "source": str(args.results.relative_to(ROOT))
