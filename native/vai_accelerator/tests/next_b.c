@@ -1,0 +1,1 @@
+int next_probe(void) { return 2; }
