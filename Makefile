@@ -24,6 +24,7 @@ replay: install
 	$(VENV)/bin/keti-ray eval --policy fgd,bestfit --seeds 42-51 --workers 2
 
 test: install
+	$(MAKE) -C native/vai_accelerator test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
@@ -41,3 +42,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+	$(MAKE) -C native/vai_accelerator clean

@@ -67,7 +67,14 @@ def write_workload_csv(mix: WorkloadMix, path: Path, count: int, seed: int) -> P
         writer.writerow(["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec"])
         for p in pods:
             writer.writerow(
-                [p.name, p.cpu_milli, p.memory_mib, p.num_gpu, p.gpu_milli, "|".join(sorted(p.gpu_spec))]
+                [
+                    p.name,
+                    p.cpu_milli,
+                    p.memory_mib,
+                    p.num_gpu,
+                    p.gpu_milli,
+                    "|".join(sorted(p.gpu_spec)),
+                ]
             )
     return path
 
@@ -140,7 +147,9 @@ def retrain(
         raise RetrainError(f"calibration: {exc}") from None
     curves = throughput_curves(store.read("samples"))
     (out / "mix.json").write_text(json.dumps(mix.as_dict(), indent=1) + "\n")
-    workload_csv = write_workload_csv(mix, out / "workload.csv", settings.workload_pods, settings.seed)
+    workload_csv = write_workload_csv(
+        mix, out / "workload.csv", settings.workload_pods, settings.seed
+    )
 
     name, checkpoint, sha = serving_policy(settings.serving)
     say(f"training a candidate from {name}{'@' + checkpoint if checkpoint else ''}")
@@ -160,7 +169,10 @@ def retrain(
     say("evaluating candidate against the serving policy on held-out replays")
     typical = mix.typical()
     serving_pct = held_out_score(
-        make_policy_factory(name, checkpoint, sha, typical), settings.nodes, mix, settings.eval_seeds
+        make_policy_factory(name, checkpoint, sha, typical),
+        settings.nodes,
+        mix,
+        settings.eval_seeds,
     )
     candidate_pct = held_out_score(
         make_policy_factory("ppo", str(candidate), candidate_sha, typical),
@@ -185,8 +197,17 @@ def retrain(
         "time": time.time(),
     }
     if promoted and settings.pointer is not None:
-        write_pointer(settings.pointer, candidate, candidate_sha, policy="ppo", report=str(out / "report.json"))
-        say(f"promoted: {candidate_pct:.2f}% < {serving_pct:.2f}% unallocated; pointer {settings.pointer}")
+        write_pointer(
+            settings.pointer,
+            candidate,
+            candidate_sha,
+            policy="ppo",
+            report=str(out / "report.json"),
+        )
+        say(
+            f"promoted: {candidate_pct:.2f}% < {serving_pct:.2f}% unallocated "
+            f"(pointer {settings.pointer})"
+        )
     else:
         say(
             f"kept the serving policy: candidate {candidate_pct:.2f}% vs serving {serving_pct:.2f}%"
