@@ -241,12 +241,12 @@ def main() -> None:
             registered_s = time.monotonic() - t0
             devs = k.devices(GPU_RESOURCE)
             one = next(iter(devs.values()))
-            ids25, r25 = k.admit(GPU_RESOURCE, 25)
-            st["r25"] = r25
-            k.release(GPU_RESOURCE, ids25)
             ids100, r100 = k.admit(GPU_RESOURCE, 100)
             st["r100"] = r100
             k.release(GPU_RESOURCE, ids100)
+            # the 25-unit share stays admitted until the agent has read its telemetry
+            st["ids25"], st["r25"] = k.admit(GPU_RESOURCE, 25)
+            r25 = st["r25"]
             return {
                 "registered_after_s": round(registered_s, 3),
                 "units": len(devs),
@@ -313,6 +313,31 @@ def main() -> None:
             rep.data["steps"]["child_share_25"]["mps_server_list_after"] = (
                 mps.control("get_server_list").stdout.strip() if mps_up else None
             )
+
+            def agent_after_child():
+                # issue 7: the agent's telemetry (SM share granted by the plugin) beside what
+                # the shim itself wrote in its status line for the same pod
+                from keti_ray.agent.node_agent import AgentConfig, NodeAgent
+                from keti_ray.agent.telemetry import ListSink, to_store_samples
+
+                cfg = AgentConfig(
+                    plugin_dir=str(tmp / "agent2-dp"), serve_plugins=False, mps=False,
+                    status_host_dir=str(tmp / "status"), telemetry_interval_s=0.2,
+                )  # fmt: skip
+                agent = NodeAgent(cfg, ListSink())
+                try:
+                    time.sleep(0.5)
+                    batch = agent.sample_now()
+                    return {
+                        "shim_status": [r for r in batch if r["kind"] == "shim"],
+                        "store_samples": to_store_samples(batch),
+                        "partition_table": agent.partition_table(),
+                    }
+                finally:
+                    agent.stop()
+
+            rep.step("agent_after_child", agent_after_child)
+            st["kubelet"].release(GPU_RESOURCE, st.pop("ids25"))
 
         def mps_stop():
             pids = mps.pids()
