@@ -241,21 +241,16 @@ def main() -> None:
             registered_s = time.monotonic() - t0
             devs = k.devices(GPU_RESOURCE)
             one = next(iter(devs.values()))
-            ids100, r100 = k.admit(GPU_RESOURCE, 100)
-            st["r100"] = r100
-            k.release(GPU_RESOURCE, ids100)
-            # the 25-unit share stays admitted until the agent has read its telemetry
-            st["ids25"], st["r25"] = k.admit(GPU_RESOURCE, 25)
-            r25 = st["r25"]
+            # whole GPU first (its child runs before release: the status dir lives as long as
+            # the allocation), then the 25-unit share, kept until the agent has read it
+            st["ids100"], st["r100"] = k.admit(GPU_RESOURCE, 100)
+            r100 = st["r100"]
             return {
                 "registered_after_s": round(registered_s, 3),
                 "units": len(devs),
                 "sample_device": {"ID": one.ID, "health": one.health,
                                   "numa": [x.ID for x in one.topology.nodes]},
                 "chooser": p.chooser_name,
-                "allocate_25": {"envs": dict(r25.envs),
-                                "mounts": [(m.container_path, m.host_path, m.read_only)
-                                           for m in r25.mounts]},
                 "allocate_100": {"envs": dict(r100.envs)},
             }  # fmt: skip
 
@@ -297,18 +292,29 @@ def main() -> None:
 
         rep.step("mps_start", mps_start)
         mps_up = rep.data["steps"]["mps_start"]["ok"]
-        if not args.no_child and "r25" in st:
 
-            def child(resp):
-                env, notes = child_env(resp, args.shim)
-                if not mps_up:
-                    notes["warning"] = "MPS not running: the child ran without MPS"
-                try:
-                    return {**notes, **run_child(env)}
-                except Exception as e:
-                    raise RuntimeError(f"{e} (child env: {json.dumps(notes)})") from e
+        def child(resp):
+            env, notes = child_env(resp, args.shim)
+            if not mps_up:
+                notes["warning"] = "MPS not running: the child ran without MPS"
+            try:
+                return {**notes, **run_child(env)}
+            except Exception as e:
+                raise RuntimeError(f"{e} (child env: {json.dumps(notes)})") from e
 
+        if not args.no_child and "r100" in st:
             rep.step("child_whole_gpu_100", lambda: child(st["r100"]))
+        if "ids100" in st:
+            st["kubelet"].release(GPU_RESOURCE, st.pop("ids100"))
+
+        def admit_25():
+            st["ids25"], st["r25"] = st["kubelet"].admit(GPU_RESOURCE, 25)
+            r25 = st["r25"]
+            mounts = [(m.container_path, m.host_path, m.read_only) for m in r25.mounts]
+            return {"envs": dict(r25.envs), "mounts": mounts}
+
+        rep.step("allocate_25", admit_25)
+        if not args.no_child and "r25" in st:
             rep.step("child_share_25", lambda: child(st["r25"]))
             rep.data["steps"]["child_share_25"]["mps_server_list_after"] = (
                 mps.control("get_server_list").stdout.strip() if mps_up else None
