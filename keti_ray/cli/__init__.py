@@ -25,7 +25,14 @@ def _root() -> None:
 
 def _register() -> None:
     """Import the subcommand modules; each adds its commands to `app`."""
-    from keti_ray.cli import eval_cmd, plugin_cmd, report_cmd, shim_cmd, up_cmd  # noqa: F401
+    from keti_ray.cli import (  # noqa: F401
+        eval_cmd,
+        plugin_cmd,
+        report_cmd,
+        retrain_cmd,
+        shim_cmd,
+        up_cmd,
+    )
 
 
 def main() -> None:
