@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 512,
         "value_epochs": 10,
         "entropy_coeff": 0.0,
+        "fgd_target_prob": 1.0,
     },
     "ppo": {
         "lr": 0.0001,
@@ -87,6 +88,10 @@ def _check(cfg: dict) -> None:
         if cfg["bc"][key] != 0:
             positive("bc", key)
     positive("bc", "lr", float)
+    if not 0 < cfg["bc"]["fgd_target_prob"] <= 1:
+        raise ConfigError(
+            f"config: bc.fgd_target_prob must be in (0, 1], got {cfg['bc']['fgd_target_prob']!r}"
+        )
     for key in ("train_batch_size", "minibatch_size", "num_epochs"):
         positive("ppo", key)
     for key in ("lr", "gamma", "lambda", "clip_param"):

@@ -21,6 +21,9 @@ from keti_ray.rl.checkpoint import CheckpointError, verify_checkpoint
 from keti_ray.rl.module import CandidateScorer
 
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
+# The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
+# that a replaced default checkpoint with a matching, regenerated manifest is still refused.
+SHIPPED_CHECKPOINT_SHA256 = "efe090a20edad1bc4654bc9e86b5308dfac3c9133f382f39489a47751ccd9e3b"
 MODULE_SUBDIR = "module"
 
 
@@ -83,7 +86,8 @@ def load_module(path: str | Path | None = None):
             f"checkpoint {root}: does not exist; pass a directory written by `keti-ray train` "
             "(its checkpoint/ folder)"
         )
-    manifest = verify_checkpoint(root)
+    pinned = SHIPPED_CHECKPOINT_SHA256 if root.resolve() == DEFAULT_CHECKPOINT.resolve() else None
+    manifest = verify_checkpoint(root, expected_sha256=pinned)
     module_dir = root / MODULE_SUBDIR
     if not module_dir.is_dir():
         raise CheckpointError(f"checkpoint {root}: no {MODULE_SUBDIR}/ folder with the RLModule")

@@ -120,6 +120,24 @@ def collect_fgd(settings: EnvSettings, episodes: int, seed: int, gamma: float) -
     )
 
 
+def _bc_loss(
+    logits: torch.Tensor, action: torch.Tensor, mask: torch.Tensor, target_prob: float
+) -> torch.Tensor:
+    """Cross-entropy to FGD's slot; with target_prob < 1 the rest of the probability is spread
+    over the other valid candidates, so the warm-started policy keeps exploring under PPO."""
+    if target_prob >= 1.0:
+        return torch.nn.functional.cross_entropy(logits, action)
+    others = mask.clone()
+    others[torch.arange(len(action)), action] = 0.0
+    count = others.sum(-1, keepdim=True)
+    target = torch.where(count > 0, others * (1 - target_prob) / count.clamp(min=1), others)
+    target[torch.arange(len(action)), action] = torch.where(
+        count.squeeze(-1) > 0, torch.full_like(count.squeeze(-1), target_prob), 1.0
+    )
+    logp = torch.log_softmax(logits, -1)
+    return -(target * torch.where(mask > 0.5, logp, torch.zeros_like(logp))).sum(-1).mean()
+
+
 def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed: int) -> dict:
     """Fit the policy head to FGD's choices and the value head to the returns."""
     gen = torch.Generator().manual_seed(seed)
@@ -142,7 +160,7 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
                 idx = order[start : start + bc["batch_size"]]
                 if kind == "policy":
                     logits = net.logits(cands[idx], glob[idx], mask[idx])
-                    loss = torch.nn.functional.cross_entropy(logits, action[idx])
+                    loss = _bc_loss(logits, action[idx], mask[idx], bc["fgd_target_prob"])
                     if bc["entropy_coeff"]:
                         logp = torch.log_softmax(logits, -1)
                         entropy = -(logp.exp() * logp).sum(-1).mean()
