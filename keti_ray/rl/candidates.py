@@ -17,7 +17,7 @@ import numpy as np
 from keti_ray.allocators.fgd import FGDAllocator, _ShapeScores, fgd_score, take_first_fit
 from keti_ray.allocators.scored import MAX_SPEC_CPU_MILLI, MAX_SPEC_GPU_MILLI
 from keti_ray.cluster import MILLI_PER_GPU, ClusterState, Placement, PodRequest
-from keti_ray.fragmentation import Shape, TypicalPods
+from keti_ray.fragmentation import FragmentationModel, Shape, TypicalPods
 
 # Per-candidate feature columns (order matters: the network reads them by position).
 CANDIDATE_FEATURES = (
@@ -99,6 +99,34 @@ class _FGDScorer(FGDAllocator):
         return store
 
 
+class FragCache:
+    """Every node's fragmentation, recomputed only where a node changed.
+
+    Kept apart from FGD's own cache on purpose: FGD's integer score flips between 49 and 50
+    on a last-bit difference of a zero fragmentation change, and a float sum depends on the
+    batch it is computed in, so anything else that refreshed FGD's cache (features, the
+    reward) could change FGD's choice. With its own cache FGD's slot stays FGD's choice.
+    """
+
+    def __init__(self, typical: TypicalPods) -> None:
+        self.typical = typical
+        self._bound: int | None = None
+
+    def get(self, state: ClusterState) -> np.ndarray:
+        if self._bound != id(state) or len(self._frag) != state.num_nodes:
+            self._bound = id(state)
+            self.model = FragmentationModel(self.typical, state.models)
+            self._frag = np.zeros(state.num_nodes)
+            self._stamp = np.full(state.num_nodes, -1, dtype=np.int64)
+        stale = np.flatnonzero(self._stamp != state.node_version)
+        if stale.size:
+            self._frag[stale] = self.model.node_fragmentation(
+                state.gpu_free[stale], state.cpu_free[stale], state.model_code[stale]
+            )
+            self._stamp[stale] = state.node_version[stale]
+        return self._frag
+
+
 @dataclass
 class CandidateSet:
     """K candidate placements of one pod, their features and which slots are real.
@@ -157,6 +185,7 @@ class CandidateGenerator:
     def reset(self, seed: int | None = None) -> None:
         """Forget caches and reseed (FGD's tie-break ranks and the random extras)."""
         self.fgd = _FGDScorer(self.typical, seed)
+        self.frag = FragCache(self.typical)
         self.rng = np.random.default_rng(None if seed is None else seed + 7919)
 
     def candidates(
@@ -274,7 +303,7 @@ class CandidateGenerator:
             after = gpu_before
         count = state.gpu_count[nodes]
         cap = np.maximum(count * MILLI_PER_GPU, 1)
-        frag_before = self.fgd.node_fragmentation(state)[nodes]
+        frag_before = self.frag.get(state)[nodes]
         delta = deltas[nodes]
         free_before = gpu_before.sum(axis=1)
         free_after = after.sum(axis=1)
@@ -303,7 +332,7 @@ class CandidateGenerator:
         self, state: ClusterState, pod: PodRequest, arrived_milli: int, feasible: int
     ) -> np.ndarray:
         capacity = max(state.total_gpu_milli, 1)
-        frag = float(self.fgd.node_fragmentation(state).sum())
+        frag = float(self.frag.get(state).sum())
         return np.array(
             [
                 pod.cpu_milli / MAX_SPEC_CPU_MILLI,

@@ -174,7 +174,7 @@ class AllocationEnv(gym.Env):
         """-lambda x cluster fragmentation in % of capacity (0 when shaping is off)."""
         if self.settings.frag_shaping == 0 or self.capacity == 0:
             return 0.0
-        frag = float(self.gen.fgd.node_fragmentation(self.state).sum())
+        frag = float(self.gen.frag.get(self.state).sum())
         return -self.settings.frag_shaping * 100.0 * frag / self.capacity
 
     def _advance(self) -> float:

@@ -25,12 +25,10 @@ def test_env_from_rllib_style_dict_and_bad_key():
         AllocationEnv({"nodez": 3})
 
 
-def test_slot_zero_is_fgds_choice_over_a_whole_replay(openb):
-    nodes, pods, typical = openb
-    nodes = nodes[::10]
-    workload = tune_workload(pods, ClusterState(nodes).total_gpu_milli, 1.3, 5)
-    fgd = make_allocator("fgd", typical, seed=5)
-    gen = CandidateGenerator(typical, k=8, random_extra=2, seed=5)
+def _check_slot_zero_is_fgd(nodes, pods, typical, seed, limit=None):
+    workload = tune_workload(pods, ClusterState(nodes).total_gpu_milli, 1.3, seed)[:limit]
+    fgd = make_allocator("fgd", typical, seed=seed)
+    gen = CandidateGenerator(typical, k=8, random_extra=2, seed=seed)
     state_a, state_b = ClusterState(nodes), ClusterState(nodes)
     multi = 0
     for pod in workload:
@@ -51,6 +49,22 @@ def test_slot_zero_is_fgds_choice_over_a_whole_replay(openb):
         state_a.allocate(pod, expected)
         state_b.allocate(pod, expected)
     assert multi > 100
+
+
+def test_slot_zero_is_fgds_choice_over_a_whole_replay(openb):
+    nodes, pods, typical = openb
+    _check_slot_zero_is_fgd(nodes[::10], pods, typical, seed=5)
+
+
+def test_slot_zero_stays_fgds_choice_where_its_score_sits_on_a_rounding_edge(openb_dir):
+    """gpuspec25, seed 43: FGD's integer score of a CPU pod flips 50/49 on a last-bit change
+    of a zero fragmentation change; computing features must not disturb FGD's own cache."""
+    from keti_ray.fragmentation import TypicalPods
+    from keti_ray.trace import load_nodes, load_pods
+
+    nodes = load_nodes(openb_dir / "openb_node_list_gpu_node.csv")
+    pods = load_pods(openb_dir / "openb_pod_list_gpuspec25.csv")
+    _check_slot_zero_is_fgd(nodes, pods, TypicalPods.from_pods(pods), seed=43, limit=1500)
 
 
 def test_invalid_action_is_refused_and_changes_nothing(small_settings):
