@@ -125,7 +125,14 @@ def test_behaviour_cloning_is_deterministic_for_a_seed(small_settings):
         behaviour_clone(
             net,
             demos,
-            {"epochs": 2, "value_epochs": 1, "lr": 0.003, "batch_size": 64, "entropy_coeff": 0.0},
+            {
+                "epochs": 2,
+                "value_epochs": 1,
+                "lr": 0.003,
+                "batch_size": 64,
+                "entropy_coeff": 0.0,
+                "fgd_target_prob": 0.9,  # the soft target path of the loss
+            },
             seed,
         )
         return torch.cat([p.detach().flatten() for p in net.parameters()])
@@ -162,3 +169,33 @@ def test_bad_config_and_resume_are_refused_clearly(tmp_path):
     )
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert not Path(tmp_path / "o").exists()
+
+
+def test_training_is_deterministic_for_a_seed(trained, tmp_path):
+    out, summary = trained
+    (tmp_path / "short.yaml").write_text(SHORT_CONFIG)
+    proc = run(
+        "train", "--config", str(tmp_path / "short.yaml"), "--iterations", "1",
+        "--out", str(tmp_path / "again"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert again["checkpoint_sha256"] == summary["checkpoint_sha256"]
+
+
+def test_resume_continues_from_the_saved_algorithm(trained, tmp_path):
+    import shutil
+
+    out, summary = trained
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    (tmp_path / "short.yaml").write_text(SHORT_CONFIG)
+    proc = run(
+        "train", "--config", str(tmp_path / "short.yaml"), "--iterations", "1",
+        "--out", str(copy), "--resume",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((copy / "report.json").read_text())
+    assert [it["iteration"] for it in report["iterations"]] == [1, 2]
+    assert report["checkpoint_sha256"] != summary["checkpoint_sha256"]  # trained further
+    verify_checkpoint(copy / "checkpoint")
