@@ -14,6 +14,7 @@ from pathlib import Path
 
 from keti_ray.evaluate import parse_seeds, run_evaluation, summarise
 from keti_ray.paths import default_nodes_csv, pod_list_csv, pod_list_names
+from keti_ray.published import UNALLOCATED_AT_130
 from keti_ray.rl.checkpoint import verify_checkpoint
 from keti_ray.rl.policy import DEFAULT_CHECKPOINT
 
@@ -65,6 +66,9 @@ def main() -> None:
             "seconds": round(time.perf_counter() - start, 1),
         }
         row["ppo_minus_fgd"] = round(row["ppo"] - row["fgd"], 3)
+        published = UNALLOCATED_AT_130.get(name, {})
+        row["published_fgd"] = published.get("fgd")
+        row["published_bestfit"] = published.get("bestfit")
         rows[name] = row
         print(
             f"{name:12s} {row['split']:6s} ppo {row['ppo']:6.2f}  fgd {row['fgd']:6.2f}  "

@@ -23,7 +23,7 @@ from keti_ray.rl.module import CandidateScorer
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
 # that a replaced default checkpoint with a matching, regenerated manifest is still refused.
-SHIPPED_CHECKPOINT_SHA256 = "efe090a20edad1bc4654bc9e86b5308dfac3c9133f382f39489a47751ccd9e3b"
+SHIPPED_CHECKPOINT_SHA256 = "99020b609f44dd38842e4b181347e0dbf9ec422b1a5995d2be1dc1bdea55d588"
 MODULE_SUBDIR = "module"
 
 
