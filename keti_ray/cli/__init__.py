@@ -19,8 +19,10 @@ def _root() -> None:
 
 def _register() -> None:
     """Import the subcommand modules; each adds its commands to `app`."""
-    from keti_ray.cli import eval_cmd  # noqa: F401
-    from keti_ray.cli import train_cmd  # noqa: F401
+    from keti_ray.cli import (
+        eval_cmd,  # noqa: F401
+        train_cmd,  # noqa: F401
+    )
 
 
 def main() -> None:
