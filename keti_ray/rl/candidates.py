@@ -177,7 +177,6 @@ class CandidateGenerator:
         if not 0 <= random_extra < k - 1:
             raise ValueError(f"random_extra must be 0-{k - 2}, got {random_extra}")
         self.typical = typical
-        self.always_features = False
         self.k = k
         self.random_extra = random_extra
         self.reset(seed)
@@ -243,7 +242,7 @@ class CandidateGenerator:
             state=state,
         )
         cset.mask[: len(nodes)] = 1.0
-        if len(nodes) == 1 and not self.always_features:
+        if len(nodes) == 1:
             return cset  # nothing to choose: skip the features
         feats = self._features(state, pod, nodes, gpus, deltas, cache.score)
         feats[0, 3] = 1.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from keti_ray.allocators.base import Allocator
@@ -111,4 +110,4 @@ def load_ppo_allocator(
     )
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "PPOAllocator", "load_module", "load_ppo_allocator", "np"]
+__all__ = ["DEFAULT_CHECKPOINT", "PPOAllocator", "load_module", "load_ppo_allocator"]
