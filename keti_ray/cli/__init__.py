@@ -31,6 +31,7 @@ def _register() -> None:
         report_cmd,
         retrain_cmd,
         shim_cmd,
+        train_cmd,
         up_cmd,
     )
 

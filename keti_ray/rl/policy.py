@@ -1,0 +1,113 @@
+"""The learned allocator: candidates from `CandidateGenerator`, scored by the trained module.
+
+`load_ppo_allocator(path)` verifies the checkpoint's manifest (SHA-256 of every file) before
+RLlib unpickles anything, then loads the RLModule alone with `RLModule.from_checkpoint`.
+Decisions are greedy (the best-scored valid candidate); a pod with one candidate takes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from keti_ray.allocators.base import Allocator
+from keti_ray.cluster import ClusterState, Placement, PodRequest
+from keti_ray.fragmentation import TypicalPods
+from keti_ray.paths import PACKAGE_DIR
+from keti_ray.rl.candidates import CandidateGenerator, CandidateSet
+from keti_ray.rl.checkpoint import CheckpointError, verify_checkpoint
+from keti_ray.rl.module import CandidateScorer
+
+DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
+# The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
+# that a replaced default checkpoint with a matching, regenerated manifest is still refused.
+SHIPPED_CHECKPOINT_SHA256 = "99020b609f44dd38842e4b181347e0dbf9ec422b1a5995d2be1dc1bdea55d588"
+MODULE_SUBDIR = "module"
+
+
+class PPOAllocator(Allocator):
+    """Greedy argmax over the candidate set with a CandidateScorer network."""
+
+    name = "ppo"
+
+    def __init__(
+        self,
+        net: CandidateScorer,
+        typical: TypicalPods | None = None,
+        k: int = 16,
+        random_extra: int = 2,
+        seed: int | None = None,
+    ) -> None:
+        self.net = net.eval()
+        self.gen = CandidateGenerator(typical or TypicalPods.default(), k, random_extra, seed)
+        super().__init__(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        if hasattr(self, "gen"):
+            self.gen.reset(seed)
+        self.arrived = 0
+        self.decisions = 0
+        self.fgd_agreements = 0
+
+    def choose(self, cands: CandidateSet) -> int:
+        """Index of the chosen candidate (never a padding slot)."""
+        if cands.size == 1:
+            return 0
+        with torch.no_grad():
+            logits = self.net.logits(
+                torch.from_numpy(cands.features)[None],
+                torch.from_numpy(cands.globals)[None],
+                torch.from_numpy(cands.mask)[None],
+            )[0]
+        return int(torch.argmax(logits))
+
+    def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
+        cands = self.gen.candidates(state, pod, self.arrived)
+        self.arrived += pod.gpu_request_milli
+        if cands is None:
+            return None
+        idx = self.choose(cands)
+        if cands.size > 1:
+            self.decisions += 1
+            self.fgd_agreements += int(idx == cands.fgd_index)
+        return cands.placement(idx)
+
+
+def load_module(path: str | Path | None = None):
+    """Verify and load the RLModule of a checkpoint (default: the shipped one)."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    root = Path(path) if path else DEFAULT_CHECKPOINT
+    if not root.exists():
+        raise CheckpointError(
+            f"checkpoint {root}: does not exist; pass a directory written by `keti-ray train` "
+            "(its checkpoint/ folder)"
+        )
+    pinned = SHIPPED_CHECKPOINT_SHA256 if root.resolve() == DEFAULT_CHECKPOINT.resolve() else None
+    manifest = verify_checkpoint(root, expected_sha256=pinned)
+    module_dir = root / MODULE_SUBDIR
+    if not module_dir.is_dir():
+        raise CheckpointError(f"checkpoint {root}: no {MODULE_SUBDIR}/ folder with the RLModule")
+    module = RLModule.from_checkpoint(module_dir)
+    return module, manifest
+
+
+def load_ppo_allocator(
+    path: str | Path | None = None, typical: TypicalPods | None = None, seed: int | None = None
+) -> PPOAllocator:
+    """The PPO allocator of a verified checkpoint (None = the shipped default)."""
+    torch.set_num_threads(1)
+    module, manifest = load_module(path)
+    info = manifest.get("info", {})
+    return PPOAllocator(
+        module.net,
+        typical=typical,
+        k=int(info.get("k", 16)),
+        random_extra=int(info.get("random_extra", 2)),
+        seed=seed,
+    )
+
+
+__all__ = ["DEFAULT_CHECKPOINT", "PPOAllocator", "load_module", "load_ppo_allocator"]
