@@ -144,3 +144,8 @@ def test_ties_go_to_the_same_node_for_a_seed():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="accepted: random, dotprod"):
         make_allocator("worstfit")
+
+
+def test_fgd_score_ignores_float_noise_around_zero():
+    noise = np.array([1e-13, -1e-13, 0.0])
+    assert fgd_score(noise).tolist() == [50, 50, 50]

@@ -18,8 +18,14 @@ from keti_ray.fragmentation import FragmentationModel, Shape, TypicalPods
 
 
 def fgd_score(delta_frag: np.ndarray) -> np.ndarray:
-    """The reference's integer score for a fragmentation change (new - old, in milli)."""
-    return (100.0 / (1.0 + np.exp(delta_frag / 1000.0))).astype(np.int64)
+    """The reference's integer score for a fragmentation change (new - old, in milli).
+
+    The change is rounded to 1e-6 milli first: a change that is 0 in exact arithmetic can
+    come out as +-1e-13 depending on which node states were summed together in one batch,
+    which would flip the score between 49 and 50 and make a decision depend on cache history.
+    """
+    delta = np.round(delta_frag, 6)
+    return (100.0 / (1.0 + np.exp(delta / 1000.0))).astype(np.int64)
 
 
 def take_first_fit(gpu_free: np.ndarray, num: int, milli: int) -> np.ndarray:
