@@ -124,7 +124,8 @@ def make_policy_factory(name: str, checkpoint: str | None, sha: str | None, typi
     from keti_ray.rl.checkpoint import verify_checkpoint
     from keti_ray.rl.policy import load_ppo_allocator
 
-    verify_checkpoint(checkpoint, expected_sha256=sha) if checkpoint else None
+    if checkpoint:
+        verify_checkpoint(checkpoint, expected_sha256=sha)
     return lambda seed: load_ppo_allocator(checkpoint, typical=typical, seed=seed)
 
 

@@ -169,12 +169,7 @@ class AllocationService:
             raise ValueError(f"user_config.policy {spec.name!r} is unknown; accepted: {accepted}")
         else:
             try:
-                from keti_ray.rl.policy import load_ppo_allocator
-
-                allocator = load_ppo_allocator(
-                    spec.checkpoint, typical=self.typical, seed=self.seed
-                )
-                version = getattr(allocator, "version", "ppo")
+                allocator, version = load_ppo(spec, self.typical, self.seed)
                 error = None
             except Exception as exc:  # refused or broken checkpoint: keep serving with FGD
                 allocator = make_allocator("fgd", self.typical, self.seed)

@@ -98,3 +98,16 @@ def test_serving_pointer_is_followed(tmp_path):
     with pytest.raises(PointerError, match="field 'sha256'"):
         write_pointer(pointer, tmp_path, "abc", policy="ppo")
         read_pointer(pointer)
+
+
+def test_shipped_ppo_checkpoint_is_served_with_its_digest(tmp_path):
+    from keti_ray.rl.checkpoint import read_manifest
+    from keti_ray.rl.policy import DEFAULT_CHECKPOINT
+
+    digest = read_manifest(DEFAULT_CHECKPOINT)["checkpoint_sha256"]
+    service = AllocationService(simulated_nodes(2))
+    assert service.set_policy(PolicySpec("ppo")) == f"ppo@{digest[:12]}"
+    assert service.allocate(pod("p", num=1, milli=250)).policy == f"ppo@{digest[:12]}"
+    wrong = PolicySpec("ppo", str(DEFAULT_CHECKPOINT), "0" * 64)  # digest from an untrusted pointer
+    assert service.set_policy(wrong) == "fgd"
+    assert "not the expected" in service.health()["policy_error"]

@@ -1,0 +1,153 @@
+"""Issue 7 end to end on a local Ray: the served allocator with simulated nodes, a workload
+whose mix shifts, telemetry accumulating, `retrain` producing candidates, promotion only
+when better (both outcomes), and the new policy served with no failed request."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from keti_ray.loadgen import Phase, run_load
+from keti_ray.promotion import read_pointer, write_pointer
+from keti_ray.retrain import RetrainSettings, retrain
+from keti_ray.simcluster import simulated_nodes
+from keti_ray.telemetry import TelemetryStore
+from serve.app import AllocatorIngress
+from serve.state import RAY_NAMESPACE, ClusterSource
+
+pytestmark = pytest.mark.slow
+SIM_NODES = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("online")
+    pointer = root / "serving.json"
+    write_pointer(pointer, None, None, policy="fgd")
+    port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        namespace=RAY_NAMESPACE,
+        log_to_driver=False,
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    source = ClusterSource(
+        sim_nodes=SIM_NODES,
+        journal=str(root / "journal.jsonl"),
+        telemetry_dir=str(root / "telemetry"),
+    )
+    app = AllocatorIngress.options(user_config={"pointer": str(pointer)}).bind(source)
+    serve.run(app, name="alloc", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    yield url, root, pointer
+    serve.shutdown()
+    ray.shutdown()
+
+
+def wait_for_policy(url: str, predicate, timeout: float = 60.0) -> str:
+    deadline = time.time() + timeout
+    policy = ""
+    while time.time() < deadline:
+        policy = httpx.get(f"{url}/health", timeout=10).json()["policy"]
+        if predicate(policy):
+            return policy
+        time.sleep(0.5)
+    return policy
+
+
+def settings(root, pointer, name: str) -> RetrainSettings:
+    return RetrainSettings(
+        telemetry=root / "telemetry",
+        out=root / name,
+        nodes=simulated_nodes(SIM_NODES),
+        serving=str(pointer),
+        pointer=pointer,
+        iterations=1,
+        workload_pods=1500,
+        eval_seeds=(9001, 9002, 9003),
+        min_improvement=0.05,
+        seed=0,
+    )
+
+
+def test_shifting_mix_feeds_telemetry(loop):
+    url, root, _ = loop
+    result = run_load(url, [Phase("whole", 60), Phase("mixed", 240)], seed=1, lifetime=25)
+    assert result.failed == 0 and result.placed > 200
+    store = TelemetryStore(root / "telemetry", writer="test-reader")
+    deadline = time.time() + 30
+    while time.time() < deadline:  # the state actor pushes and flushes every 2 s
+        allocs = [e for e in store.read("events").to_pylist() if e["op"] == "allocate"]
+        if len(allocs) >= result.placed:
+            break
+        time.sleep(0.5)
+    assert len(allocs) == result.placed
+    late = {e["gpu_milli"] for e in allocs[-100:]}
+    assert late & {250, 470}, "the mix shifted to shares"
+
+
+def test_candidate_no_better_than_fgd_is_not_promoted(loop):
+    url, root, pointer = loop
+    before = pointer.read_text()
+    outcome = retrain(settings(root, pointer, "retrain-vs-fgd"))
+    assert outcome.serving_policy == "fgd"
+    assert not outcome.promoted
+    assert outcome.candidate_pct > outcome.serving_pct - 0.05
+    assert pointer.read_text() == before
+    assert (outcome.report.parent / "candidate").is_dir()
+    assert httpx.get(f"{url}/health", timeout=10).json()["policy"] == "fgd"
+
+
+def test_better_candidate_is_promoted_and_served_without_failures(loop):
+    url, root, pointer = loop
+    write_pointer(pointer, None, None, policy="random")  # a weak serving policy
+    assert wait_for_policy(url, lambda p: p == "random") == "random"
+    failures, done = [], threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            i = 0
+            while not done.is_set():
+                body = {
+                    "pod": {
+                        "name": f"h{i}",
+                        "cpu_milli": 1000,
+                        "memory_mib": 1024,
+                        "num_gpu": 1,
+                        "gpu_milli": 250,
+                    },
+                    "dry_run": True,
+                }
+                status = client.post("/allocate", json=body).status_code
+                if status not in (200, 409):
+                    failures.append(status)
+                i += 1
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        outcome = retrain(settings(root, pointer, "retrain-vs-random"))
+        assert outcome.serving_policy == "random"
+        assert outcome.promoted, (outcome.candidate_pct, outcome.serving_pct)
+        record = read_pointer(pointer)
+        assert record["policy"] == "ppo" and len(record["sha256"]) == 64
+        policy = wait_for_policy(url, lambda p: p.startswith("ppo@"))
+    finally:
+        done.set()
+        worker.join()
+    assert policy == f"ppo@{record['sha256'][:12]}"
+    assert failures == []
