@@ -39,6 +39,10 @@ format: install
 bench: install
 	$(PY) bench/replay.py
 	$(PY) bench/eval_openb.py
+	$(PY) bench/plugin_latency.py
+	$(PY) bench/serve_allocate.py --policies fgd,ppo
+	$(PY) bench/ppo_decision.py
+	$(PY) bench/ppo_eval.py --workers 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -21,8 +22,8 @@ import ray
 from fastapi import FastAPI
 from ray import serve
 
-from keti_ray.allocators import make_allocator
 from keti_ray.cluster import ClusterState, PodRequest
+from keti_ray.evaluate import make_policy
 from keti_ray.fragmentation import TypicalPods
 from keti_ray.paths import default_nodes_csv, pod_list_csv
 from keti_ray.trace import load_nodes, load_pods
@@ -88,6 +89,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--policies", default="fgd")
     parser.add_argument(
+        "--replicas", type=int, default=2, help="allocator replicas (as serve_config.yaml)"
+    )
+    parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "serve_allocate.json")
     )
     args = parser.parse_args()
@@ -110,7 +114,12 @@ def main() -> None:
         }
 
     bodies = [body(p, i) for i, p in enumerate(sample)]
-    results: dict = {"cluster": "openb 1,213 GPU nodes", "connections": args.connections}
+    results: dict = {
+        "cluster": "openb 1,213 GPU nodes",
+        "connections": args.connections,
+        "allocator_replicas": args.replicas,
+        "load_average_1m_at_start": os.getloadavg()[0],
+    }
 
     port = free_port()
     ray.init(address="local", include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
@@ -118,14 +127,15 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(NoOp.bind(), name="noop", route_prefix="/noop")
         source = ClusterSource(nodes_csv=str(nodes_csv), pods_csv=str(pods_csv))
-        serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")
+        allocator = AllocatorIngress.options(num_replicas=args.replicas)
+        serve.run(allocator.bind(source), name="alloc", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         warm = bodies[:50]
         asyncio.run(load(f"{base}/noop/allocate", warm, args.connections))
         asyncio.run(load(f"{base}/allocate", warm, args.connections))
         for policy in args.policies.split(","):
             serve.run(
-                AllocatorIngress.options(user_config={"policy": policy}).bind(source),
+                allocator.options(user_config={"policy": policy}).bind(source),
                 name="alloc",
                 route_prefix="/",
             )
@@ -168,7 +178,7 @@ def in_process_rate(nodes_csv, pods, sample, policy: str) -> dict:
     """Decisions/s of the same policy without Serve (dry: nothing booked), with its score
     caches cold (first pass) and warm (second pass, as in the long-running state actor)."""
     state = ClusterState(load_nodes(nodes_csv))
-    allocator = make_allocator(policy, TypicalPods.from_pods(pods), 0)
+    allocator = make_policy(policy, TypicalPods.from_pods(pods), 0)
     rates = {}
     for label in ("cold", "warm"):
         start = time.perf_counter()

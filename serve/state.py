@@ -97,6 +97,10 @@ class AllocatorState:
     def allocate_batch(self, pods: list[PodRequest], dry_run: bool) -> list[dict]:
         return self.service.allocate_batch(pods, dry_run)
 
+    def allocate_many(self, requests: list[tuple[PodRequest, bool]]) -> list[dict]:
+        """Concurrent single-pod requests that a replica batched: decided in arrival order."""
+        return [self.allocate(pod, dry_run) for pod, dry_run in requests]
+
     def release(self, name: str) -> bool:
         return self.service.release(name)
 
