@@ -100,8 +100,8 @@ class FGDAllocator(Allocator):
         new = self.model.node_fragmentation(after, cpu_new, models)
         return fgd_score(new - old), np.full(len(rows), -1, dtype=np.int64)
 
-    def _scored(self, state: ClusterState, pod: PodRequest, feasible: np.ndarray) -> _ShapeScores:
-        """The shape's score cache, brought up to date on the feasible nodes."""
+    def _scored(self, state: ClusterState, pod: PodRequest, rows: np.ndarray) -> _ShapeScores:
+        """The shape's score cache, brought up to date on the node indices `rows`."""
         self._bind(state)
         cache = self._shapes.get(pod.shape)
         if cache is None:
@@ -112,7 +112,7 @@ class FGDAllocator(Allocator):
                 np.full(n, -1, dtype=np.int64),
             )
             self._shapes[pod.shape] = cache
-        stale = np.flatnonzero(feasible & (cache.stamp != state.node_version))
+        stale = rows[cache.stamp[rows] != state.node_version[rows]]
         if stale.size:
             cache.score[stale], cache.gpu[stale] = self.scores(state, pod, stale)
             cache.stamp[stale] = state.node_version[stale]
@@ -120,13 +120,13 @@ class FGDAllocator(Allocator):
 
     def node_scores(self, state: ClusterState, pod: PodRequest) -> np.ndarray:
         feasible = state.feasible_nodes(pod)
-        return np.where(feasible, self._scored(state, pod, feasible).score, 0)
+        return np.where(feasible, self._scored(state, pod, np.flatnonzero(feasible)).score, 0)
 
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
         feasible = state.feasible_nodes(pod)
         if not feasible.any():
             return None
-        cache = self._scored(state, pod, feasible)
+        cache = self._scored(state, pod, np.flatnonzero(feasible))
         node = self.pick_best(cache.score, feasible)
         if node is None:
             return None

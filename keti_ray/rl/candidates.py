@@ -262,20 +262,7 @@ class CandidateGenerator:
         The same cache and update rule as FGDAllocator.place, so slot 0 is FGD's choice.
         """
         fgd = self.fgd
-        fgd._bind(state)
-        cache = fgd._shapes.get(pod.shape)
-        if cache is None:
-            n = state.num_nodes
-            cache = _ShapeScores(
-                np.zeros(n, dtype=np.int64),
-                np.full(n, -1, dtype=np.int64),
-                np.full(n, -1, dtype=np.int64),
-            )
-            fgd._shapes[pod.shape] = cache
-        stale = rows[cache.stamp[rows] != state.node_version[rows]]
-        if stale.size:
-            cache.score[stale], cache.gpu[stale] = fgd.scores(state, pod, stale)
-            cache.stamp[stale] = state.node_version[stale]
+        cache = fgd._scored(state, pod, rows)
         return cache, fgd._delta_store(state, pod)
 
     def _features(
