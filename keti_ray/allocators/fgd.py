@@ -79,6 +79,11 @@ class FGDAllocator(Allocator):
 
     def scores(self, state: ClusterState, pod: PodRequest, rows: np.ndarray) -> tuple:
         """Integer FGD scores (and GPU choice for shared pods) of placing `pod` on `rows`."""
+        score, gpu, _ = self.scores_and_deltas(state, pod, rows)
+        return score, gpu
+
+    def scores_and_deltas(self, state: ClusterState, pod: PodRequest, rows: np.ndarray) -> tuple:
+        """Scores, GPU choice (-1 unless shared) and the fragmentation change behind each."""
         old = self.node_fragmentation(state)[rows]
         gpu_free = state.gpu_free[rows]
         cpu_new = state.cpu_free[rows] - pod.cpu_milli
@@ -90,15 +95,16 @@ class FGDAllocator(Allocator):
             new = self.model.node_fragmentation(
                 trial.reshape(-1, g), np.repeat(cpu_new, g), np.repeat(models, g)
             ).reshape(-1, g)
-            score = fgd_score(new - old[:, None])
-            score = np.where(gpu_free >= pod.gpu_milli, score, np.iinfo(np.int64).min)
+            delta = new - old[:, None]
+            score = np.where(gpu_free >= pod.gpu_milli, fgd_score(delta), np.iinfo(np.int64).min)
             best_gpu = score.argmax(axis=1)  # first GPU with the best score, as the reference
-            return score[np.arange(len(rows)), best_gpu], best_gpu
+            pick = np.arange(len(rows))
+            return score[pick, best_gpu], best_gpu, delta[pick, best_gpu]
         after = gpu_free - np.where(
             take_first_fit(gpu_free, pod.num_gpu, pod.gpu_milli), pod.gpu_milli, 0
         )
-        new = self.model.node_fragmentation(after, cpu_new, models)
-        return fgd_score(new - old), np.full(len(rows), -1, dtype=np.int64)
+        delta = self.model.node_fragmentation(after, cpu_new, models) - old
+        return fgd_score(delta), np.full(len(rows), -1, dtype=np.int64), delta
 
     def _scored(self, state: ClusterState, pod: PodRequest, rows: np.ndarray) -> _ShapeScores:
         """The shape's score cache, brought up to date on the node indices `rows`."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keti_ray.allocators.fgd import FGDAllocator, _ShapeScores, fgd_score, take_first_fit
+from keti_ray.allocators.fgd import FGDAllocator, _ShapeScores, take_first_fit
 from keti_ray.allocators.scored import MAX_SPEC_CPU_MILLI, MAX_SPEC_GPU_MILLI
 from keti_ray.cluster import MILLI_PER_GPU, ClusterState, Placement, PodRequest
 from keti_ray.fragmentation import FragmentationModel, Shape, TypicalPods
@@ -68,29 +68,9 @@ class _FGDScorer(FGDAllocator):
         self._deltas: dict[Shape, np.ndarray] = {}
 
     def scores(self, state: ClusterState, pod: PodRequest, rows: np.ndarray) -> tuple:
-        old = self.node_fragmentation(state)[rows]
-        gpu_free = state.gpu_free[rows]
-        cpu_new = state.cpu_free[rows] - pod.cpu_milli
-        models = state.model_code[rows]
-        if pod.is_shared:
-            g = gpu_free.shape[1]
-            trial = np.repeat(gpu_free[:, None, :], g, axis=1)
-            trial[:, np.arange(g), np.arange(g)] -= pod.gpu_milli
-            new = self.model.node_fragmentation(
-                trial.reshape(-1, g), np.repeat(cpu_new, g), np.repeat(models, g)
-            ).reshape(-1, g)
-            delta = new - old[:, None]
-            score = np.where(gpu_free >= pod.gpu_milli, fgd_score(delta), np.iinfo(np.int64).min)
-            best_gpu = score.argmax(axis=1)
-            pick = np.arange(len(rows))
-            self._delta_store(state, pod)[rows] = delta[pick, best_gpu]
-            return score[pick, best_gpu], best_gpu
-        after = gpu_free - np.where(
-            take_first_fit(gpu_free, pod.num_gpu, pod.gpu_milli), pod.gpu_milli, 0
-        )
-        delta = self.model.node_fragmentation(after, cpu_new, models) - old
+        score, gpu, delta = self.scores_and_deltas(state, pod, rows)
         self._delta_store(state, pod)[rows] = delta
-        return fgd_score(delta), np.full(len(rows), -1, dtype=np.int64)
+        return score, gpu
 
     def _delta_store(self, state: ClusterState, pod: PodRequest) -> np.ndarray:
         store = self._deltas.get(pod.shape)
