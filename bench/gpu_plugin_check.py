@@ -256,27 +256,32 @@ def main() -> None:
 
         rep.step("plugin_with_kubelet_emulator", plugin_step)
 
-        def agent_step():
-            # the agent as deployed beside the plugin DaemonSet: reads the same status dir
+        def agent_sample(plugin_subdir: str) -> tuple[list[dict], list[dict], int]:
+            """One sample from a NodeAgent deployed as beside the plugin DaemonSet (no plugins
+            of its own, reading the plugin's status dir): records, partition table, and how
+            many batches its sampler had taken."""
             from keti_ray.agent.node_agent import AgentConfig, NodeAgent
             from keti_ray.agent.telemetry import ListSink
 
             cfg = AgentConfig(
-                plugin_dir=str(tmp / "agent-dp"), serve_plugins=False, mps=False,
+                plugin_dir=str(tmp / plugin_subdir), serve_plugins=False, mps=False,
                 status_host_dir=str(tmp / "status"), telemetry_interval_s=0.2,
             )  # fmt: skip
             agent = NodeAgent(cfg, ListSink())
             try:
                 time.sleep(0.5)
-                batch = agent.sample_now()
-                return {
-                    "gpu_samples": [r for r in batch if r["kind"] == "gpu"],
-                    "process_samples": len([r for r in batch if r["kind"] == "process"]),
-                    "partition_table": agent.partition_table(),
-                    "sampler_batches": agent.sampler.samples,
-                }
+                return agent.sample_now(), agent.partition_table(), agent.sampler.samples
             finally:
                 agent.stop()
+
+        def agent_step():
+            batch, table, batches = agent_sample("agent-dp")
+            return {
+                "gpu_samples": [r for r in batch if r["kind"] == "gpu"],
+                "process_samples": len([r for r in batch if r["kind"] == "process"]),
+                "partition_table": table,
+                "sampler_batches": batches,
+            }
 
         rep.step("agent_telemetry_and_partition", agent_step)
 
@@ -323,24 +328,14 @@ def main() -> None:
             def agent_after_child():
                 # issue 7: the agent's telemetry (SM share granted by the plugin) beside what
                 # the shim itself wrote in its status line for the same pod
-                from keti_ray.agent.node_agent import AgentConfig, NodeAgent
-                from keti_ray.agent.telemetry import ListSink, to_store_samples
+                from keti_ray.agent.telemetry import to_store_samples
 
-                cfg = AgentConfig(
-                    plugin_dir=str(tmp / "agent2-dp"), serve_plugins=False, mps=False,
-                    status_host_dir=str(tmp / "status"), telemetry_interval_s=0.2,
-                )  # fmt: skip
-                agent = NodeAgent(cfg, ListSink())
-                try:
-                    time.sleep(0.5)
-                    batch = agent.sample_now()
-                    return {
-                        "shim_status": [r for r in batch if r["kind"] == "shim"],
-                        "store_samples": to_store_samples(batch),
-                        "partition_table": agent.partition_table(),
-                    }
-                finally:
-                    agent.stop()
+                batch, table, _ = agent_sample("agent2-dp")
+                return {
+                    "shim_status": [r for r in batch if r["kind"] == "shim"],
+                    "store_samples": to_store_samples(batch),
+                    "partition_table": table,
+                }
 
             rep.step("agent_after_child", agent_after_child)
             st["kubelet"].release(GPU_RESOURCE, st.pop("ids25"))
