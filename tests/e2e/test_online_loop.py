@@ -4,13 +4,11 @@ when better (both outcomes), and the new policy served with no failed request.""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import httpx
 import pytest
-import ray
 from ray import serve
 
 from keti_ray.loadgen import Phase, run_load
@@ -19,16 +17,12 @@ from keti_ray.retrain import RetrainSettings, retrain
 from keti_ray.simcluster import simulated_nodes
 from keti_ray.telemetry import TelemetryStore
 from serve.app import AllocatorIngress
-from serve.state import RAY_NAMESPACE, ClusterSource
+from serve.state import ClusterSource
+
+from ..factories import local_serve
 
 pytestmark = pytest.mark.slow
 SIM_NODES = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +30,15 @@ def loop(tmp_path_factory):
     root = tmp_path_factory.mktemp("online")
     pointer = root / "serving.json"
     write_pointer(pointer, None, None, policy="fgd")
-    port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        namespace=RAY_NAMESPACE,
-        log_to_driver=False,
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    source = ClusterSource(
-        sim_nodes=SIM_NODES,
-        journal=str(root / "journal.jsonl"),
-        telemetry_dir=str(root / "telemetry"),
-    )
-    app = AllocatorIngress.options(user_config={"pointer": str(pointer)}).bind(source)
-    serve.run(app, name="alloc", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    yield url, root, pointer
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve() as port:
+        source = ClusterSource(
+            sim_nodes=SIM_NODES,
+            journal=str(root / "journal.jsonl"),
+            telemetry_dir=str(root / "telemetry"),
+        )
+        app = AllocatorIngress.options(user_config={"pointer": str(pointer)}).bind(source)
+        serve.run(app, name="alloc", route_prefix="/")
+        yield f"http://127.0.0.1:{port}", root, pointer
 
 
 def wait_for_policy(url: str, predicate, timeout: float = 60.0) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import socket
 import threading
 import time
 
@@ -15,40 +14,25 @@ from ray import serve
 from serve.app import AllocatorIngress
 from serve.state import RAY_NAMESPACE, STATE_ACTOR_NAME, ClusterSource
 
+from ..factories import local_serve
+
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One Ray + Serve for the module: the allocator at /, a token-protected twin at /secure."""
     journal = tmp_path_factory.mktemp("state") / "journal.jsonl"
-    port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        namespace=RAY_NAMESPACE,
-        log_to_driver=False,
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    source = ClusterSource(sim_nodes=3, journal=str(journal))
-    serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")
-    serve.run(
-        AllocatorIngress.options(name="Secure").bind(source, TOKEN),
-        name="secure",
-        route_prefix="/secure",
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    yield client, port, source
-    client.close()
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve() as port:
+        source = ClusterSource(sim_nodes=3, journal=str(journal))
+        serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")
+        serve.run(
+            AllocatorIngress.options(name="Secure").bind(source, TOKEN),
+            name="secure",
+            route_prefix="/secure",
+        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client, port, source
 
 
 def alloc(client, name, num=1, milli=250, **extra):
