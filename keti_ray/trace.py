@@ -67,18 +67,26 @@ def _int(path: Path, line: int, row: dict[str, str], field: str) -> int:
     return value
 
 
+def _unique_name(
+    path: Path, line: int, row: dict[str, str], field: str, kind: str, seen: set[str]
+) -> str:
+    """The row's name: not empty, not seen before in this file (recorded as seen)."""
+    name = row[field]
+    if not name:
+        raise TraceError(f"{path}: line {line}: field {field!r} must not be empty")
+    if name in seen:
+        raise TraceError(f"{path}: line {line}: field {field!r}: {kind} {name!r} appears twice")
+    seen.add(name)
+    return name
+
+
 def load_pods(path: str | Path) -> list[PodRequest]:
     """Load a pod list (11- or 5-column layout) into PodRequests, all or nothing."""
     path = Path(path)
     pods: list[PodRequest] = []
     seen: set[str] = set()
     for line, row in _rows(path, POD_REQUIRED):
-        name = row["name"]
-        if not name:
-            raise TraceError(f"{path}: line {line}: field 'name' must not be empty")
-        if name in seen:
-            raise TraceError(f"{path}: line {line}: field 'name': pod {name!r} appears twice")
-        seen.add(name)
+        name = _unique_name(path, line, row, "name", "pod", seen)
         values = {f: _int(path, line, row, f) for f in POD_REQUIRED[1:]}
         spec_raw = row.get("gpu_spec", "") or ""
         spec = frozenset(s.strip() for s in spec_raw.split("|") if s.strip())
@@ -97,12 +105,7 @@ def load_nodes(path: str | Path) -> list[NodeSpec]:
     nodes: list[NodeSpec] = []
     seen: set[str] = set()
     for line, row in _rows(path, NODE_REQUIRED):
-        name = row["sn"]
-        if not name:
-            raise TraceError(f"{path}: line {line}: field 'sn' must not be empty")
-        if name in seen:
-            raise TraceError(f"{path}: line {line}: field 'sn': node {name!r} appears twice")
-        seen.add(name)
+        name = _unique_name(path, line, row, "sn", "node", seen)
         cpu = _int(path, line, row, "cpu_milli")
         mem = _int(path, line, row, "memory_mib")
         gpus = _int(path, line, row, "gpu")
