@@ -142,6 +142,8 @@ class AllocationService:
         self._lock = threading.RLock()
         self._metrics = _Metrics()
         self._frag_model = FragmentationModel(self.typical, self.state.models)
+        # FGD's scores for the extender when another policy decides (kept: its cache is warm).
+        self._fgd_scorer = make_allocator("fgd", self.typical, seed)
         self.policy_spec = PolicySpec()
         self.policy: Allocator = make_allocator("fgd", self.typical, seed)
         self.policy_version = "fgd"
@@ -343,11 +345,7 @@ class AllocationService:
         with self._lock:
             feasible = self.state.feasible_nodes(pod)
             choice = self.policy.place(self.state, pod)
-            fgd = (
-                self.policy
-                if self.policy_version == "fgd"
-                else make_allocator("fgd", self.typical, 0)
-            )
+            fgd = self.policy if self.policy_version == "fgd" else self._fgd_scorer
             scores = fgd.node_scores(self.state, pod)
             out = []
             for name in names:
