@@ -225,9 +225,14 @@ class AllocationService:
 
     def allocate_batch(self, pods: Sequence[PodRequest], dry_run: bool = False) -> list[dict]:
         """Decide in order under one lock; each entry is a decision or an error with its status."""
+        return self.decide_many([(pod, dry_run) for pod in pods])
+
+    def decide_many(self, requests: Sequence[tuple[PodRequest, bool]]) -> list[dict]:
+        """(pod, dry_run) requests in order, under one lock: each answer carries its HTTP status
+        (200 with the decision, 409 when nothing fits, 422 for a request the model refuses)."""
         out: list[dict] = []
         with self._lock:
-            for pod in pods:
+            for pod, dry_run in requests:
                 try:
                     out.append({"status": 200, **self.allocate(pod, dry_run).as_dict()})
                 except NoFit as exc:

@@ -16,7 +16,7 @@ import ray
 
 from keti_ray.cluster import NodeSpec, PodRequest
 from keti_ray.fragmentation import TypicalPods
-from keti_ray.service import AllocationService, NoFit, PolicySpec
+from keti_ray.service import AllocationService, PolicySpec
 from keti_ray.simcluster import simulated_nodes
 from keti_ray.telemetry import TelemetryStore
 from keti_ray.trace import load_nodes, load_pods
@@ -87,19 +87,14 @@ class AllocatorState:
                 self.telemetry.flush()
 
     def allocate(self, pod: PodRequest, dry_run: bool) -> dict:
-        try:
-            return {"status": 200, **self.service.allocate(pod, dry_run).as_dict()}
-        except NoFit as exc:
-            return {"status": 409, "pod": pod.name, "error": str(exc)}
-        except ValueError as exc:
-            return {"status": 422, "pod": pod.name, "error": str(exc)}
+        return self.service.decide_many([(pod, dry_run)])[0]
 
     def allocate_batch(self, pods: list[PodRequest], dry_run: bool) -> list[dict]:
         return self.service.allocate_batch(pods, dry_run)
 
     def allocate_many(self, requests: list[tuple[PodRequest, bool]]) -> list[dict]:
         """Concurrent single-pod requests that a replica batched: decided in arrival order."""
-        return [self.allocate(pod, dry_run) for pod, dry_run in requests]
+        return self.service.decide_many(requests)
 
     def release(self, name: str) -> bool:
         return self.service.release(name)
