@@ -95,16 +95,22 @@ def serving_policy(serving: str | None) -> tuple[str, str | None, str | None]:
     raise RetrainError(f"--from: {serving} is neither a checkpoint folder nor a serving pointer")
 
 
-def held_out_score(
-    make_allocator: Callable[[int], Any], nodes: list[NodeSpec], mix: WorkloadMix, seeds
-) -> float:
-    """Mean unallocated GPU % after replaying the mix (tuned to 1.3x) on held-out seeds."""
-    typical = mix.typical()
+def held_out_workloads(nodes: list[NodeSpec], mix: WorkloadMix, seeds) -> list[tuple[int, list]]:
+    """One workload per held-out seed: pods drawn from the mix, tuned to 1.3x the GPUs."""
     capacity = ClusterState(nodes).total_gpu_milli
+    count = max(200, int(1.5 * capacity / 1000 / max(_mean_gpu(mix), 0.05)))
+    return [(seed, tune_workload(mix.sample(count, seed), capacity, 1.3, seed)) for seed in seeds]
+
+
+def held_out_score(
+    make_allocator: Callable[[int], Any],
+    nodes: list[NodeSpec],
+    workloads: list[tuple[int, list]],
+    typical,
+) -> float:
+    """Mean unallocated GPU % at the end of replaying each held-out workload."""
     results = []
-    for seed in seeds:
-        pods = mix.sample(max(200, int(1.5 * capacity / 1000 / max(_mean_gpu(mix), 0.05))), seed)
-        workload = tune_workload(pods, capacity, 1.3, seed)
+    for seed, workload in workloads:
         result = replay(nodes, workload, make_allocator(seed), seed, typical)
         curve = result.unallocated_gpu_pct
         results.append(float(curve[~np.isnan(curve)][-1]))
@@ -169,17 +175,15 @@ def retrain(
 
     say("evaluating candidate against the serving policy on held-out replays")
     typical = mix.typical()
+    workloads = held_out_workloads(settings.nodes, mix, settings.eval_seeds)
     serving_pct = held_out_score(
-        make_policy_factory(name, checkpoint, sha, typical),
-        settings.nodes,
-        mix,
-        settings.eval_seeds,
+        make_policy_factory(name, checkpoint, sha, typical), settings.nodes, workloads, typical
     )
     candidate_pct = held_out_score(
         make_policy_factory("ppo", str(candidate), candidate_sha, typical),
         settings.nodes,
-        mix,
-        settings.eval_seeds,
+        workloads,
+        typical,
     )
     promoted = candidate_pct <= serving_pct - settings.min_improvement
     report = {
