@@ -6,6 +6,7 @@ unallocated GPU % at 100-130% arrived), plus FGD fragmentation and seconds per r
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -71,12 +72,18 @@ def make_policy(name: str, typical: TypicalPods, seed: int):
     return make_allocator(name, typical, seed)
 
 
+@functools.lru_cache(maxsize=4)
+def load_inputs(nodes_csv: str, pods_csv: str) -> tuple[list, list, TypicalPods, int]:
+    """Nodes, pods, FGD's typical pods and GPU capacity, read once per process and pair of
+    files (every replay of an evaluation shares them; nothing here is mutated)."""
+    nodes = load_nodes(nodes_csv)
+    pods = load_pods(pods_csv)
+    return nodes, pods, TypicalPods.from_pods(pods), ClusterState(nodes).total_gpu_milli
+
+
 def run_job(job: EvalJob) -> ReplayResult:
-    """One replay (a process-pool entry point: loads its inputs itself)."""
-    nodes = load_nodes(job.nodes_csv)
-    pods = load_pods(job.pods_csv)
-    typical = TypicalPods.from_pods(pods)
-    capacity = ClusterState(nodes).total_gpu_milli
+    """One replay (a process-pool entry point: loads, or reuses, its inputs itself)."""
+    nodes, pods, typical, capacity = load_inputs(job.nodes_csv, job.pods_csv)
     workload = tune_workload(pods, capacity, job.tune, job.seed)
     allocator = make_policy(job.policy, typical, job.seed)
     result = replay(nodes, workload, allocator, job.seed, typical)
@@ -94,8 +101,7 @@ def run_evaluation(
     on_result: Callable[[ReplayResult], None] | None = None,
 ) -> list[ReplayResult]:
     """Every (policy, seed) replay; inputs are validated once up front, before any work."""
-    load_nodes(nodes_csv)
-    load_pods(pods_csv)
+    load_inputs(str(nodes_csv), str(pods_csv))
     jobs = [EvalJob(str(nodes_csv), str(pods_csv), p, s, tune) for p in policies for s in seeds]
     results: list[ReplayResult] = []
     if workers <= 1:

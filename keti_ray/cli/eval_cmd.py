@@ -13,9 +13,15 @@ from rich.table import Table
 
 from keti_ray.cli import app, fail
 from keti_ray.cluster import ModelError
-from keti_ray.evaluate import REPORT_POINTS, parse_seeds, run_evaluation, summarise
+from keti_ray.evaluate import (
+    REPORT_POINTS,
+    load_inputs,
+    parse_seeds,
+    run_evaluation,
+    summarise,
+)
 from keti_ray.paths import default_nodes_csv, pod_list_csv
-from keti_ray.trace import TraceError, load_nodes, load_pods
+from keti_ray.trace import TraceError
 
 
 @app.command("eval")
@@ -50,8 +56,7 @@ def eval_command(
             fail(f"--policy: {name!r} is unknown; accepted: {', '.join(HEURISTICS)}, ppo[:PATH]")
 
     try:  # validate the inputs before any work starts
-        load_nodes(nodes_csv)
-        load_pods(pods_csv)
+        load_inputs(str(nodes_csv), str(pods_csv))
     except (TraceError, ModelError) as exc:
         fail(str(exc))
 
