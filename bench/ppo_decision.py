@@ -45,11 +45,10 @@ def main() -> None:
     all_ms, choice_ms, forward_ms = [], [], []
     for pod in workload:
         start = time.perf_counter()
-        cands = allocator.gen.candidates(state, pod, allocator.arrived)
+        cands = allocator.gen.candidates(state, pod)
         mid = time.perf_counter()
         idx = allocator.choose(cands) if cands is not None else None
         end = time.perf_counter()
-        allocator.arrived += pod.gpu_request_milli
         all_ms.append((end - start) * 1e3)
         if cands is not None and cands.size > 1:
             choice_ms.append((end - start) * 1e3)

@@ -1,6 +1,7 @@
 """PPO vs FGD vs BestFit on every openb pod list (1.3x, seeds 42-51): the issue's table.
 Pod lists the checkpoint was trained on (its manifest's `trained_on`) are marked `seen`,
-the others `unseen`. Writes bench/results/ppo_eval.json.
+the others `unseen`. Per list: means, the paired PPO - FGD difference over the seeds and its
+standard error (PPO wins a list when -difference > 2 SE). Writes bench/results/ppo_eval.json.
 
     python bench/ppo_eval.py [--checkpoint DIR] [--seeds 42-51] [--workers 2] [--lists a,b]
 """
@@ -11,6 +12,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from keti_ray.evaluate import parse_seeds, run_evaluation, summarise
 from keti_ray.paths import default_nodes_csv, pod_list_csv, pod_list_names
@@ -65,16 +68,24 @@ def main() -> None:
             "ppo_seconds_per_replay": summary[ppo]["seconds_per_replay"],
             "seconds": round(time.perf_counter() - start, 1),
         }
-        row["ppo_minus_fgd"] = round(row["ppo"] - row["fgd"], 3)
+        d = np.array(row["ppo_per_seed"]) - np.array(row["fgd_per_seed"])
+        row["ppo_minus_fgd"] = round(float(d.mean()), 3)
+        row["ppo_minus_fgd_se"] = round(float(d.std(ddof=1) / np.sqrt(d.size)), 3)
+        row["ppo_over_fgd"] = round(row["ppo"] / row["fgd"], 4)
+        row["ppo_wins"] = bool(-d.mean() > 2 * d.std(ddof=1) / np.sqrt(d.size))
         published = UNALLOCATED_AT_130.get(name, {})
         row["published_fgd"] = published.get("fgd")
         row["published_bestfit"] = published.get("bestfit")
         rows[name] = row
         print(
             f"{name:12s} {row['split']:6s} ppo {row['ppo']:6.2f}  fgd {row['fgd']:6.2f}  "
-            f"bestfit {row['bestfit']:6.2f}  ppo-fgd {row['ppo_minus_fgd']:+.3f}",
+            f"bestfit {row['bestfit']:6.2f}  ppo-fgd {row['ppo_minus_fgd']:+.3f} "
+            f"(se {row['ppo_minus_fgd_se']:.3f})",
             flush=True,
         )
+        ratios = [r["ppo_over_fgd"] for r in rows.values() if "ppo_over_fgd" in r]
+        payload["mean_ppo_over_fgd"] = round(float(np.mean(ratios)), 4)
+        payload["lists_won"] = sum(bool(r.get("ppo_wins")) for r in rows.values())
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(payload, indent=1) + "\n")
 

@@ -1,10 +1,9 @@
-"""Calibration from telemetry: the live workload mix, and throughput as a function of SM share.
+"""Calibration from telemetry: the live workload mix.
 
-(a) The allocator's `allocate` events give the pod shapes and their arrival rate; the most
-    frequent shapes become FGD's typical pods and the training workload of a retrain.
-(b) Node samples that carry a workload class, the SM share granted and a throughput give,
-    per class, a saturating fit t(s) = a * s / (s + k): near-linear for small shares, flat
-    once the class cannot use more SMs. The simulator uses it to price a share.
+The allocator's `allocate` events give the pod shapes and their arrival rate; the most
+frequent shapes become FGD's typical pods (and the learned allocator's typical-pod mix) and
+the training workload of a retrain. (A throughput-vs-SM-share fit used to live here; nothing
+fed it and no decision read it, so it was removed.)
 """
 
 from __future__ import annotations
@@ -95,55 +94,3 @@ def workload_mix(events: pa.Table, since: float | None = None) -> WorkloadMix:
     span_h = max((max(times) - min(times)) / 3600.0, 1e-9)
     rate = len(rows) / span_h if len(rows) > 1 else 0.0
     return WorkloadMix(shapes, weights / weights.sum(), rate, len(rows))
-
-
-@dataclass(frozen=True)
-class SaturatingFit:
-    """t(s) = a * s / (s + k) for SM share s in percent."""
-
-    a: float
-    k: float
-    r2: float
-    samples: int
-
-    def __call__(self, sm_pct: float | np.ndarray) -> float | np.ndarray:
-        s = np.asarray(sm_pct, dtype=float)
-        return self.a * s / (s + self.k)
-
-    def relative(self, sm_pct: float) -> float:
-        """Throughput at `sm_pct` as a share of the whole GPU's."""
-        return float(self(sm_pct) / self(100.0))
-
-
-def fit_saturating(sm_pct: np.ndarray, throughput: np.ndarray) -> SaturatingFit:
-    """Least squares over k on a log grid; `a` has a closed form for each k."""
-    s = np.asarray(sm_pct, dtype=float)
-    t = np.asarray(throughput, dtype=float)
-    if len(s) < 3 or len(np.unique(s)) < 2:
-        raise CalibrationError("a throughput fit needs at least 3 samples at 2 or more SM shares")
-    best = None
-    for k in np.geomspace(0.5, 5000, 400):
-        x = s / (s + k)
-        a = float(x @ t / (x @ x))
-        sse = float(((a * x - t) ** 2).sum())
-        if best is None or sse < best[0]:
-            best = (sse, a, k)
-    sse, a, k = best
-    sst = float(((t - t.mean()) ** 2).sum()) or 1e-12
-    return SaturatingFit(a=a, k=float(k), r2=1 - sse / sst, samples=len(s))
-
-
-def throughput_curves(samples: pa.Table, min_samples: int = 3) -> dict[str, SaturatingFit]:
-    """Per workload class, the fit of throughput against the SM share granted."""
-    by_class: dict[str, list[tuple[float, float]]] = {}
-    for r in samples.to_pylist():
-        if r["workload_class"] and r["sm_pct_granted"] and r["throughput"] is not None:
-            by_class.setdefault(r["workload_class"], []).append(
-                (r["sm_pct_granted"], r["throughput"])
-            )
-    fits = {}
-    for name, points in by_class.items():
-        if len(points) >= min_samples and len({p[0] for p in points}) >= 2:
-            arr = np.array(points)
-            fits[name] = fit_saturating(arr[:, 0], arr[:, 1])
-    return fits

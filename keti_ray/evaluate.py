@@ -33,6 +33,65 @@ class EvalJob:
     policy: str
     seed: int
     tune: float
+    explain: bool = False
+
+
+SLIVER_BUCKETS = ((1, 99), (100, 199), (200, 499), (500, 999))
+
+
+class _Recorder:
+    """Wraps an allocator: remembers the state it placed into and the pods that fit nowhere."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.skipped: list = []
+        self.state: ClusterState | None = None
+
+    def reset(self, seed: int | None = None) -> None:
+        self.inner.reset(seed)
+
+    def place(self, state: ClusterState, pod):
+        self.state = state
+        choice = self.inner.place(state, pod)
+        if choice is None:
+            self.skipped.append(pod)
+        return choice
+
+
+def explain_state(state: ClusterState, skipped: Sequence) -> dict:
+    """What is left unallocated at the end, as % of GPU capacity: partial-GPU slivers by free
+    milli, whole GPUs left free (and whether their node's CPU is gone), skipped demand by shape.
+    """
+    cap = max(state.total_gpu_milli, 1)
+    free = state.gpu_free[state.gpu_exists]
+    out: dict = {"unallocated_pct": round(100.0 * float(free.sum()) / cap, 3), "slivers": {}}
+    for lo, hi in SLIVER_BUCKETS:
+        sel = (free >= lo) & (free <= hi)
+        out["slivers"][f"{lo}-{hi}"] = {
+            "gpus": int(sel.sum()),
+            "pct": round(100.0 * float(free[sel].sum()) / cap, 3),
+        }
+    whole = state.gpu_free == 1000
+    per_node = whole.sum(axis=1)
+    cpu_gone = state.cpu_free < 1000  # under one CPU left: hardly any pod can use the GPU
+    out["whole_free_gpus"] = {
+        "gpus": int(per_node.sum()),
+        "pct": round(100.0 * 1000 * float(per_node.sum()) / cap, 3),
+        "stranded_by_cpu_gpus": int(per_node[cpu_gone].sum()),
+        "stranded_by_cpu_pct": round(100.0 * 1000 * float(per_node[cpu_gone].sum()) / cap, 3),
+    }
+    by_shape: dict[str, list] = {}
+    for pod in skipped:
+        key = f"{pod.num_gpu}x{pod.gpu_milli}" if pod.num_gpu else "cpu-only"
+        entry = by_shape.setdefault(key, [0, 0])
+        entry[0] += 1
+        entry[1] += pod.gpu_request_milli
+    out["skipped_by_shape"] = {
+        k: {"pods": v[0], "pct_of_capacity": round(100.0 * v[1] / cap, 3)}
+        for k, v in sorted(by_shape.items(), key=lambda kv: -kv[1][1])
+    }
+    return out
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -86,8 +145,11 @@ def run_job(job: EvalJob) -> ReplayResult:
     nodes, pods, typical, capacity = load_inputs(job.nodes_csv, job.pods_csv)
     workload = tune_workload(pods, capacity, job.tune, job.seed)
     allocator = make_policy(job.policy, typical, job.seed)
-    result = replay(nodes, workload, allocator, job.seed, typical)
+    recorder = _Recorder(allocator) if job.explain else None
+    result = replay(nodes, workload, recorder or allocator, job.seed, typical)
     result.policy = job.policy
+    if recorder is not None and recorder.state is not None:
+        result.extra["explain"] = explain_state(recorder.state, recorder.skipped)
     return result
 
 
@@ -99,10 +161,13 @@ def run_evaluation(
     tune: float = 1.3,
     workers: int = 1,
     on_result: Callable[[ReplayResult], None] | None = None,
+    explain: bool = False,
 ) -> list[ReplayResult]:
     """Every (policy, seed) replay; inputs are validated once up front, before any work."""
     load_inputs(str(nodes_csv), str(pods_csv))
-    jobs = [EvalJob(str(nodes_csv), str(pods_csv), p, s, tune) for p in policies for s in seeds]
+    jobs = [
+        EvalJob(str(nodes_csv), str(pods_csv), p, s, tune, explain) for p in policies for s in seeds
+    ]
     results: list[ReplayResult] = []
     if workers <= 1:
         for job in jobs:
@@ -145,8 +210,24 @@ def summarise(results: Sequence[ReplayResult], policies: Sequence[str]) -> dict[
             "seconds_per_replay": round(float(np.mean([r.seconds for r in rows])), 3),
             "pods_offered": int(np.mean([r.pods_offered for r in rows])),
             "pods_placed_mean": round(float(np.mean([r.pods_placed for r in rows])), 1),
+            "explain": _mean_explain([r.extra["explain"] for r in rows if "explain" in r.extra]),
             "curve_mean": [
                 None if np.isnan(v) else round(float(v), 3) for v in np.nanmean(curves, axis=0)
             ],
         }
     return out
+
+
+def _mean_explain(items: list[dict]) -> dict | None:
+    """The per-seed decompositions averaged field by field (None when none was asked for)."""
+    if not items:
+        return None
+
+    def mean(values):
+        first = values[0]
+        if isinstance(first, dict):
+            keys = {k for v in values for k in v}
+            return {k: mean([v.get(k, 0) for v in values]) for k in sorted(keys)}
+        return round(float(np.mean(values)), 3)
+
+    return mean(items)

@@ -4,7 +4,8 @@ A retrain promotes a candidate by rewriting one small JSON file (temporary file 
 {"policy": "ppo", "checkpoint": PATH, "sha256": DIGEST, ...}. The Serve app's user_config
 names the pointer (`{"pointer": PATH}`) and the state actor polls it, so a promotion reaches
 every replica without a redeploy, and a restarted actor comes back on the promoted policy.
-The digest is checked against the checkpoint's manifest before anything is unpickled.
+The digest is checked against the checkpoint's manifest before anything is loaded.
+`paired_test` is the promotion rule: a paired comparison over >= 10 held-out seeds.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 class PointerError(ValueError):
@@ -62,3 +66,47 @@ def read_pointer(path: str | Path) -> dict:
                 f"serving pointer {path}: field 'sha256' must be the checkpoint's 64-hex digest"
             )
     return record
+
+
+MIN_PAIRED_SEEDS = 10
+
+
+class PromotionError(ValueError):
+    """A promotion test that cannot be run as asked (too few or unpaired seeds)."""
+
+
+def paired_test(
+    serving: Sequence[float], candidate: Sequence[float], margin: float
+) -> dict[str, Any]:
+    """Whether `candidate` beats `serving` on paired held-out replays (lower is better).
+
+    The same seeds (the same tuned workloads) are replayed by both; d_i = serving_i -
+    candidate_i is the improvement on seed i. The candidate wins only when the mean
+    improvement exceeds twice its standard error plus `margin` (percentage points), so a
+    candidate that is the serving policy replayed on other seeds (noise) is refused.
+    """
+    s = np.asarray(serving, dtype=float)
+    c = np.asarray(candidate, dtype=float)
+    if s.shape != c.shape or s.ndim != 1:
+        raise PromotionError(
+            f"paired test: serving ({s.size}) and candidate ({c.size}) need one score per seed"
+        )
+    if s.size < MIN_PAIRED_SEEDS:
+        raise PromotionError(
+            f"paired test: eval_seeds must hold at least {MIN_PAIRED_SEEDS} held-out seeds, "
+            f"got {s.size}"
+        )
+    if margin < 0:
+        raise PromotionError(f"paired test: margin must be >= 0 points, got {margin}")
+    d = s - c
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(d.size))
+    threshold = 2.0 * se + margin
+    return {
+        "seeds": int(d.size),
+        "mean_improvement": round(mean, 4),
+        "standard_error": round(se, 4),
+        "margin": margin,
+        "threshold": round(threshold, 4),
+        "promote": bool(mean > threshold),
+    }

@@ -1,18 +1,21 @@
 """Online retraining: calibrate from telemetry, warm-start PPO from the serving checkpoint,
-train on the live mix, and promote the candidate only if it beats the serving policy on
-held-out replays of that mix.
+train on the live mix and node list, and promote the candidate only if it beats the serving
+policy on paired held-out replays of that mix.
 
 Steps (each leaves a file in the output folder, so a failed run says where it stopped):
   1. mix.json, workload.csv: the workload mix of recent `allocate` events (calibration.py);
-  2. candidate/: a checkpoint trained from the serving one on that workload (keti_ray.rl);
-  3. report.json: candidate vs serving policy on held-out seeds, and the decision;
-  4. the serving pointer (promotion.py) rewritten only when the candidate is better.
+  2. candidate-NNNN/: a NEW versioned folder per run (never the serving checkpoint's), holding
+     a checkpoint trained from a verified in-folder copy of the serving weights;
+  3. candidate-NNNN/report.json: candidate vs serving policy on the same >= 10 held-out seeds,
+     the paired test (promotion.paired_test) and the decision, written and fsynced first;
+  4. only then the serving pointer (promotion.py) is rewritten, and only when the test passes.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from keti_ray.calibration import WorkloadMix, throughput_curves, workload_mix
+from keti_ray.calibration import WorkloadMix, workload_mix
 from keti_ray.cluster import ClusterState, NodeSpec
-from keti_ray.promotion import PointerError, read_pointer, write_pointer
+from keti_ray.promotion import (
+    MIN_PAIRED_SEEDS,
+    PointerError,
+    PromotionError,
+    paired_test,
+    read_pointer,
+    write_pointer,
+)
 from keti_ray.replay import replay, tune_workload
 from keti_ray.telemetry import TelemetryStore
 
@@ -43,8 +53,8 @@ class RetrainSettings:
     iterations: int = 10
     window_s: float | None = None  # only events this recent (None = all)
     workload_pods: int = 4000
-    eval_seeds: tuple[int, ...] = (9001, 9002, 9003)
-    min_improvement: float = 0.05  # percentage points of unallocated GPU at the end
+    eval_seeds: tuple[int, ...] = tuple(range(9001, 9001 + MIN_PAIRED_SEEDS))
+    min_improvement: float = 0.05  # margin (points of unallocated GPU) above 2 x the paired SE
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +67,32 @@ class RetrainResult:
     serving_policy: str
     candidate: Path | None
     report: Path
+    test: dict[str, Any] = field(default_factory=dict)
+
+
+NODES_ENV = "KETI_NODES_CSV"  # what the served allocator loads (serve/state.py ClusterSource)
+SIM_NODES_ENV = "KETI_SIM_NODES"
+
+
+def live_nodes(nodes_csv: str | Path | None = None) -> list[NodeSpec]:
+    """The node list to retrain on: the given CSV, else the one the served allocator loads."""
+    from keti_ray.simcluster import simulated_nodes
+    from keti_ray.trace import load_nodes
+
+    path = nodes_csv or os.environ.get(NODES_ENV)
+    if path:
+        return load_nodes(Path(path))
+    sim = os.environ.get(SIM_NODES_ENV)
+    if sim:
+        try:
+            count = int(sim)
+        except ValueError:
+            raise ValueError(f"${SIM_NODES_ENV} must be an integer, got {sim!r}") from None
+        return simulated_nodes(count)
+    raise ValueError(
+        f"--nodes: give the live node list (the CSV the served allocator loads), or set "
+        f"${NODES_ENV} / ${SIM_NODES_ENV} as the Serve app has them"
+    )
 
 
 def write_workload_csv(mix: WorkloadMix, path: Path, count: int, seed: int) -> Path:
@@ -102,19 +138,43 @@ def held_out_workloads(nodes: list[NodeSpec], mix: WorkloadMix, seeds) -> list[t
     return [(seed, tune_workload(mix.sample(count, seed), capacity, 1.3, seed)) for seed in seeds]
 
 
-def held_out_score(
+def held_out_scores(
     make_allocator: Callable[[int], Any],
     nodes: list[NodeSpec],
     workloads: list[tuple[int, list]],
     typical,
-) -> float:
-    """Mean unallocated GPU % at the end of replaying each held-out workload."""
+) -> list[float]:
+    """Unallocated GPU % at the end of replaying each held-out workload (one per seed)."""
     results = []
     for seed, workload in workloads:
         result = replay(nodes, workload, make_allocator(seed), seed, typical)
         curve = result.unallocated_gpu_pct
         results.append(float(curve[~np.isnan(curve)][-1]))
-    return float(np.mean(results))
+    return results
+
+
+def new_candidate_dir(out: Path, serving_checkpoint: str | None) -> Path:
+    """A fresh `candidate-NNNN` folder under `out` (mkdir fails rather than reuse one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("-")[1]) for p in out.glob("candidate-[0-9]*") if p.is_dir()]
+    version = max(taken, default=0) + 1
+    while True:
+        path = out / f"candidate-{version:04d}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        break
+    if serving_checkpoint:
+        serving = Path(serving_checkpoint).resolve()
+        mine = path.resolve()
+        if serving == mine or serving.is_relative_to(mine) or mine.is_relative_to(serving):
+            raise RetrainError(
+                f"candidate folder {path} overlaps the serving checkpoint {serving}; "
+                "choose an --out outside it"
+            )
+    return path
 
 
 def _mean_gpu(mix: WorkloadMix) -> float:
@@ -152,14 +212,20 @@ def retrain(
         mix = workload_mix(store.read("events"), since=since)
     except ValueError as exc:
         raise RetrainError(f"calibration: {exc}") from None
-    curves = throughput_curves(store.read("samples"))
     (out / "mix.json").write_text(json.dumps(mix.as_dict(), indent=1) + "\n")
     workload_csv = write_workload_csv(
         mix, out / "workload.csv", settings.workload_pods, settings.seed
     )
 
+    if len(set(settings.eval_seeds)) < MIN_PAIRED_SEEDS:
+        raise RetrainError(
+            f"eval_seeds: at least {MIN_PAIRED_SEEDS} distinct held-out seeds are needed for "
+            f"the paired test, got {len(set(settings.eval_seeds))}"
+        )
     name, checkpoint, sha = serving_policy(settings.serving)
-    say(f"training a candidate from {name}{'@' + checkpoint if checkpoint else ''}")
+    candidate_dir = new_candidate_dir(out, checkpoint)
+    source = f"{name}@{checkpoint}" if checkpoint else name
+    say(f"training candidate {candidate_dir.name} from {source}")
     if train_fn is None:
         from keti_ray.rl.retrain import train_candidate as train_fn
     trained = train_fn(
@@ -167,47 +233,61 @@ def retrain(
         workload_csv=workload_csv,
         nodes=settings.nodes,
         iterations=settings.iterations,
-        out_dir=out / "candidate",
+        out_dir=candidate_dir,
         init_from=checkpoint,
         seed=settings.seed,
     )
     candidate, candidate_sha = Path(trained["checkpoint"]), trained["sha256"]
 
-    say("evaluating candidate against the serving policy on held-out replays")
+    say("evaluating candidate against the serving policy on paired held-out replays")
     typical = mix.typical()
     workloads = held_out_workloads(settings.nodes, mix, settings.eval_seeds)
-    serving_pct = held_out_score(
+    serving_scores = held_out_scores(
         make_policy_factory(name, checkpoint, sha, typical), settings.nodes, workloads, typical
     )
-    candidate_pct = held_out_score(
+    candidate_scores = held_out_scores(
         make_policy_factory("ppo", str(candidate), candidate_sha, typical),
         settings.nodes,
         workloads,
         typical,
     )
-    promoted = candidate_pct <= serving_pct - settings.min_improvement
+    try:
+        test = paired_test(serving_scores, candidate_scores, settings.min_improvement)
+    except PromotionError as exc:
+        raise RetrainError(str(exc)) from None
+    promoted = test["promote"]
+    serving_pct = float(np.mean(serving_scores))
+    candidate_pct = float(np.mean(candidate_scores))
     report = {
-        "serving": {"policy": name, "checkpoint": checkpoint, "unallocated_gpu_pct": serving_pct},
+        "serving": {
+            "policy": name,
+            "checkpoint": checkpoint,
+            "unallocated_gpu_pct": serving_pct,
+            "per_seed": serving_scores,
+        },
         "candidate": {
             "checkpoint": str(candidate),
             "sha256": candidate_sha,
             "unallocated_gpu_pct": candidate_pct,
+            "per_seed": candidate_scores,
             "training": trained.get("report"),
         },
         "eval_seeds": list(settings.eval_seeds),
-        "min_improvement": settings.min_improvement,
+        "nodes": len(settings.nodes),
+        "paired_test": test,
         "promoted": promoted,
         "mix": mix.as_dict(),
-        "throughput_fits": {k: vars(v) for k, v in curves.items()},
         "time": time.time(),
     }
+    report_path = candidate_dir / "report.json"
+    _write_durably(report_path, json.dumps(report, indent=1, default=str) + "\n")
     if promoted and settings.pointer is not None:
         write_pointer(
             settings.pointer,
             candidate,
             candidate_sha,
             policy="ppo",
-            report=str(out / "report.json"),
+            report=str(report_path),
         )
         say(
             f"promoted: {candidate_pct:.2f}% < {serving_pct:.2f}% unallocated "
@@ -219,6 +299,14 @@ def retrain(
             if not promoted
             else "better, but no --pointer to promote through"
         )
-    report_path = out / "report.json"
-    report_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    return RetrainResult(promoted, candidate_pct, serving_pct, name, candidate, report_path)
+    return RetrainResult(promoted, candidate_pct, serving_pct, name, candidate, report_path, test)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write and fsync, so the report exists on disk before any pointer names it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

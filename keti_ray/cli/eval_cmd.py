@@ -36,6 +36,12 @@ def eval_command(
     workers: int = typer.Option(1, help="Replays run in this many processes."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
     plot: Path = typer.Option(None, help="Write the unallocated-GPU curves to this PNG."),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="Also decompose what is left at the end: slivers by free milli, whole free GPUs "
+        "(stranded by CPU), skipped demand by shape (means over seeds).",
+    ),
 ) -> None:
     """Replay the trace under each policy and seed; report unallocated GPU % at 100-130% arrived."""
     try:
@@ -79,7 +85,7 @@ def eval_command(
 
         try:
             results = run_evaluation(
-                nodes_csv, pods_csv, policies, seed_list, tune, workers, on_result=advance
+                nodes_csv, pods_csv, policies, seed_list, tune, workers, advance, explain
             )
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc))
@@ -116,3 +122,7 @@ def eval_command(
             name, *cells, f"{row['frag_pct_130']:.2f}", f"{row['seconds_per_replay']:.2f}"
         )
     Console(width=max(Console().width, 110)).print(table)
+    if explain:
+        for name, row in summary.items():
+            typer.echo(f"{name}: what is left at the end (% of GPU capacity, mean over seeds)")
+            typer.echo(json.dumps(row["explain"], indent=1))

@@ -17,27 +17,31 @@ def retrain_command(
     ),
     out: Path = typer.Option(..., help="Output folder (mix, workload, candidate, report)."),
     pointer: Path = typer.Option(None, help="Serving pointer to rewrite when the candidate wins."),
-    nodes: Path = typer.Option(None, help="Node list CSV to train and evaluate on."),
-    sim_nodes: int = typer.Option(4, help="Simulated nodes when --nodes is not given."),
+    nodes: Path = typer.Option(
+        None,
+        help="Node list CSV to train and evaluate on (default: the live list the served "
+        "allocator loads, $KETI_NODES_CSV, or $KETI_SIM_NODES simulated nodes).",
+    ),
     config: Path = typer.Option(None, help="RLlib config (default rllib_configs/retrain.yaml)."),
     iterations: int = typer.Option(10, help="PPO iterations."),
     window_s: float = typer.Option(None, help="Only telemetry events this recent (seconds)."),
     min_improvement: float = typer.Option(
-        0.05, help="Points of unallocated GPU a candidate must win by."
+        0.05,
+        help="Margin (points of unallocated GPU) the paired mean improvement must exceed, "
+        "on top of twice its standard error over the held-out seeds.",
     ),
     seed: int = typer.Option(0),
 ) -> None:
     """Warm-start PPO from the serving policy on the live mix; promote only a better candidate."""
-    from keti_ray.retrain import RetrainError, RetrainSettings, retrain
-    from keti_ray.simcluster import simulated_nodes
-    from keti_ray.trace import TraceError, load_nodes
+    from keti_ray.retrain import RetrainError, RetrainSettings, live_nodes, retrain
+    from keti_ray.trace import TraceError
 
     if not telemetry.is_dir():
         fail(f"--telemetry: {telemetry} is not a folder")
     if iterations < 0:
         fail(f"--iterations must be >= 0, got {iterations}")
     try:
-        node_specs = load_nodes(nodes) if nodes else simulated_nodes(sim_nodes)
+        node_specs = live_nodes(nodes)
     except (TraceError, ValueError) as exc:
         fail(str(exc))
     settings = RetrainSettings(

@@ -1,4 +1,5 @@
-"""`keti-ray train`: behaviour-clone FGD, improve with RLlib PPO, save a verified checkpoint."""
+"""`keti-ray train`: behaviour-clone FGD or the rollout teacher, fine-tune with RLlib PPO, save a
+verified checkpoint (safetensors weights + config.json + SHA-256 manifest)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def train_command(
         None, help="Comma list of pod lists to train on (overrides the config's env.pods)."
     ),
     iterations: int = typer.Option(..., help="PPO iterations (algo.train() calls)."),
-    out: Path = typer.Option(..., help="Output folder: checkpoint/, algo/, report.json."),
+    out: Path = typer.Option(..., help="Output folder: checkpoint/, report.json."),
     seed: int = typer.Option(None, help="Seed (overrides the config's seed)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/algo (verified)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue PPO from OUT/checkpoint's verified weights."
+    ),
 ) -> None:
     """Train the PPO allocator; writes OUT/checkpoint (+ manifest.json) and OUT/report.json."""
     from keti_ray.paths import pod_list_csv
@@ -52,8 +55,8 @@ def train_command(
             _fail(str(exc))
         if not csv.is_file():
             _fail(f"--pods: pod list {name!r} not found ({csv}); use a short name or a CSV path")
-    if resume and not (out / "algo").is_dir():
-        _fail(f"--resume: {out / 'algo'} does not exist; train without --resume first")
+    if resume and not (out / "checkpoint").is_dir():
+        _fail(f"--resume: {out / 'checkpoint'} does not exist; train without --resume first")
 
     from keti_ray.rl.train import train
 

@@ -38,6 +38,15 @@ CANDIDATE_FEATURES = (
     "chosen_gpu_free_after",  # shared pod: milli left on its GPU / 1000, else 0
     "bestfit_score",  # BestFit's (1 - weighted leftover), in [0, 1]
     "node_was_empty",
+    "node_rank",  # the replay's tie-break rank of the node / nodes (FGD's ties go to the lowest)
+    "chosen_gpu_free_before",  # shared pod: milli free on its GPU before / 1000, else 0
+    "gpus_full_after",  # node GPUs with 0 milli free after placing / 8
+    "gpus_sliver_after",  # ... with 1-199 milli free
+    "gpus_mid_after",  # ... with 200-499
+    "gpus_high_after",  # ... with 500-999
+    "gap_count_before",  # shared: cluster GPUs at the chosen GPU's free level now / GPUs
+    "gap_count_after",  # shared: cluster GPUs at its free level after placing / GPUs
+    "dead_sliver_after",  # shared: the chosen GPU keeps 1..(smallest typical share - 1) free
 )
 GLOBAL_FEATURES = (
     "pod_cpu",  # / 128000
@@ -48,7 +57,7 @@ GLOBAL_FEATURES = (
     "pod_has_model_constraint",
     "cluster_gpu_free",  # unallocated share of GPU capacity
     "cluster_frag",  # FGD fragmentation / GPU capacity
-    "arrived",  # arrived GPU / capacity, / 1.3 (the replay ends at 1.3)
+    "whole_gpus_free",  # fully free GPUs / all GPUs (from the live state, like every feature)
     "feasible_share",  # feasible nodes / all nodes
 )
 NUM_CANDIDATE_FEATURES = len(CANDIDATE_FEATURES)
@@ -157,6 +166,8 @@ class CandidateGenerator:
         if not 0 <= random_extra < k - 1:
             raise ValueError(f"random_extra must be 0-{k - 2}, got {random_extra}")
         self.typical = typical
+        shares = [s[2] for s in typical.shapes if s[1] == 1 and 0 < s[2] < MILLI_PER_GPU]
+        self._smallest_share = min(shares) if shares else MILLI_PER_GPU
         self.k = k
         self.random_extra = random_extra
         self.reset(seed)
@@ -165,12 +176,14 @@ class CandidateGenerator:
         """Forget caches and reseed (FGD's tie-break ranks and the random extras)."""
         self.fgd = _FGDScorer(self.typical, seed)
         self.frag = FragCache(self.typical)
-        self.rng = np.random.default_rng(None if seed is None else seed + 7919)
+        self.seed = 0 if seed is None else int(seed)
 
-    def candidates(
-        self, state: ClusterState, pod: PodRequest, arrived_milli: int = 0
-    ) -> CandidateSet | None:
-        """The pod's candidate set, or None when it fits nowhere."""
+    def candidates(self, state: ClusterState, pod: PodRequest) -> CandidateSet | None:
+        """The pod's candidate set, or None when it fits nowhere.
+
+        Everything here is read from `state` (no counters of earlier calls), so serving, where
+        dry runs, priorities and releases happen, computes what training computed.
+        """
         feasible = state.feasible_nodes(pod)
         rows = np.flatnonzero(feasible)
         if rows.size == 0:
@@ -202,7 +215,9 @@ class CandidateGenerator:
         random_flags = [0.0] * len(chosen)
         if self.random_extra and rows.size > len(chosen):
             pool = rows[~np.isin(rows, chosen)]
-            picks = self.rng.choice(pool, size=min(self.random_extra, pool.size), replace=False)
+            picks = self._extra_rng(state, pod).choice(
+                pool, size=min(self.random_extra, pool.size), replace=False
+            )
             for node in picks.tolist():
                 chosen.append(int(node))
                 random_flags.append(1.0)
@@ -229,10 +244,25 @@ class CandidateGenerator:
         feats[:, 4] = (nodes == bestfit_node).astype(np.float32)
         feats[:, 5] = np.asarray(random_flags, dtype=np.float32)
         cset.features[: len(nodes)] = feats
-        cset.globals[:] = self._globals(state, pod, arrived_milli, rows.size)
+        cset.globals[:] = self._globals(state, pod, rows.size)
         return cset
 
     # ---- helpers -----------------------------------------------------------------------------
+
+    def _extra_rng(self, state: ClusterState, pod: PodRequest) -> np.random.Generator:
+        """Random extras drawn from a seed of (replay seed, cluster state, pod shape): the
+        same state and pod always get the same candidates, however many dry runs, extender
+        priorities or other calls came before (no generator state carried between calls)."""
+        key = [
+            self.seed + 7919,
+            int(state.gpu_free.sum()),
+            int(state.cpu_free.sum()),
+            len(state.placements),
+            pod.cpu_milli,
+            pod.num_gpu,
+            pod.gpu_milli,
+        ]
+        return np.random.default_rng(key)
 
     def _fgd_scores(
         self, state: ClusterState, pod: PodRequest, rows: np.ndarray
@@ -292,12 +322,26 @@ class CandidateGenerator:
             (free_before == state.gpu_cap[nodes].sum(axis=1))
             & (state.cpu_free[nodes] == state.cpu_cap[nodes])
         ).astype(np.float64)
+        out[:, 17] = self.fgd.node_priority(state.num_nodes)[nodes] / max(state.num_nodes, 1)
+        exists = state.gpu_exists[nodes]
+        out[:, 19] = ((after == 0) & exists).sum(axis=1) / 8.0
+        out[:, 20] = ((after > 0) & (after < 200)).sum(axis=1) / 8.0
+        out[:, 21] = ((after >= 200) & (after < 500)).sum(axis=1) / 8.0
+        out[:, 22] = ((after >= 500) & (after < MILLI_PER_GPU)).sum(axis=1) / 8.0
+        if shared_gpus is not None:
+            before = gpu_before[np.arange(m), shared_gpus]
+            left = before - pod.gpu_milli
+            levels = np.bincount(state.gpu_free[state.gpu_exists], minlength=MILLI_PER_GPU + 1)
+            gpus = max(int(state.gpu_exists.sum()), 1)
+            out[:, 18] = before / MILLI_PER_GPU
+            out[:, 23] = levels[before] / gpus
+            out[:, 24] = levels[left] / gpus
+            out[:, 25] = ((left > 0) & (left < self._smallest_share)).astype(np.float64)
         return np.clip(out, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
-    def _globals(
-        self, state: ClusterState, pod: PodRequest, arrived_milli: int, feasible: int
-    ) -> np.ndarray:
+    def _globals(self, state: ClusterState, pod: PodRequest, feasible: int) -> np.ndarray:
         capacity = max(state.total_gpu_milli, 1)
+        gpus = max(int(state.gpu_exists.sum()), 1)
         frag = float(self.frag.get(state).sum())
         return np.array(
             [
@@ -309,7 +353,7 @@ class CandidateGenerator:
                 float(bool(pod.gpu_spec)),
                 float(state.gpu_free.sum()) / capacity,
                 frag / capacity,
-                min(arrived_milli / capacity / 1.3, FEATURE_CLIP),
+                float((state.gpu_free == MILLI_PER_GPU).sum()) / gpus,
                 feasible / state.num_nodes,
             ],
             dtype=np.float32,

@@ -44,7 +44,25 @@ DEFAULTS: dict[str, Any] = {
         "num_env_runners": 0,
     },
     "eval": {"every": 5, "seeds": [1000, 1001], "pods": ["default"], "num_nodes": None},
+    # Distillation: behaviour cloning on the rollout teacher's decisions (keti_ray.rl.teacher)
+    # instead of FGD's, on full-cluster replays of `pods` with `seeds`.
+    "teacher": {
+        "enabled": False,
+        "pods": ["default"],
+        "seeds": [2000],
+        "horizon": 100,
+        "top": 3,
+        "start_pct": 80.0,
+        "frag_weight": 1.0,
+        "samples": 1,
+        "early_keep": 0.1,
+        "workers": 2,
+        "late_weight": 1.0,
+    },
 }
+
+# The openb evaluation seeds: never trained or tuned on.
+EVAL_ONLY_SEEDS = frozenset(range(42, 52))
 
 
 class ConfigError(ValueError):
@@ -104,6 +122,21 @@ def _check(cfg: dict) -> None:
         raise ConfigError("config: env.pods must name at least one pod list")
     if not isinstance(cfg["eval"]["seeds"], list) or not cfg["eval"]["seeds"]:
         raise ConfigError("config: eval.seeds must be a non-empty list of integers")
+    for section in ("eval", "teacher"):
+        used = sorted(set(cfg[section]["seeds"]) & EVAL_ONLY_SEEDS)
+        if used:
+            raise ConfigError(
+                f"config: {section}.seeds uses {used}: seeds 42-51 are for the final evaluation "
+                "only (never train or tune on them)"
+            )
+    teacher = cfg["teacher"]
+    if teacher["enabled"]:
+        for key in ("horizon", "top", "samples", "workers"):
+            positive("teacher", key)
+        if isinstance(teacher["pods"], str):
+            teacher["pods"] = [p.strip() for p in teacher["pods"].split(",") if p.strip()]
+        if not teacher["pods"] or not teacher["seeds"]:
+            raise ConfigError("config: teacher.pods and teacher.seeds must be non-empty lists")
 
 
 def load_config(path: str | Path | None) -> dict[str, Any]:

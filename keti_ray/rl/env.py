@@ -182,7 +182,7 @@ class AllocationEnv(gym.Env):
         self._cands = None
         while self.cursor < len(self.workload):
             pod = self.workload[self.cursor]
-            cands = self.gen.candidates(self.state, pod, self.arrived)
+            cands = self.gen.candidates(self.state, pod)
             warm = 100.0 * self.arrived / max(self.capacity, 1) < self.warmup
             if cands is not None and cands.size >= 2 and not warm:
                 self._cands = cands

@@ -63,8 +63,13 @@ class CandidateScorerModule(TorchRLModule, ValueFunctionAPI):
         space = self.observation_space
         cand_dim = space["candidates"].shape[-1]
         glob_dim = space["globals"].shape[-1]
-        hidden = int((self.model_config or {}).get("hidden", 64))
-        self.net = CandidateScorer(cand_dim, glob_dim, hidden)
+        config = self.model_config or {}
+        self.net = CandidateScorer(cand_dim, glob_dim, int(config.get("hidden", 64)))
+        init = config.get("init_weights")
+        if init:  # a safetensors file the trainer verified (tensors only, never code)
+            from safetensors.torch import load_file
+
+            self.net.load_state_dict(load_file(str(init)), strict=True)
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         obs = batch[Columns.OBS]

@@ -1,8 +1,10 @@
 """The learned allocator: candidates from `CandidateGenerator`, scored by the trained module.
 
-`load_ppo_allocator(path)` verifies the checkpoint's manifest (SHA-256 of every file) before
-RLlib unpickles anything, then loads the RLModule alone with `RLModule.from_checkpoint`.
-Decisions are greedy (the best-scored valid candidate); a pod with one candidate takes it.
+`load_ppo_allocator(path)` verifies the checkpoint's manifest (SHA-256 of every file), builds
+the network from code and the checkpoint's config.json, and loads its safetensors weights
+(nothing is unpickled). Decisions are greedy (the best-scored valid candidate); a pod with one
+candidate takes it. Every feature comes from the cluster state passed in, so a dry run or an
+extender priority request changes nothing, and a release is seen at the next decision.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from keti_ray.allocators.base import Allocator
 from keti_ray.cluster import ClusterState, Placement, PodRequest
 from keti_ray.fragmentation import TypicalPods
 from keti_ray.paths import PACKAGE_DIR
-from keti_ray.rl.candidates import CandidateGenerator, CandidateSet
-from keti_ray.rl.checkpoint import CheckpointError, verify_checkpoint
+from keti_ray.rl.candidates import (
+    CANDIDATE_FEATURES,
+    GLOBAL_FEATURES,
+    CandidateGenerator,
+    CandidateSet,
+)
+from keti_ray.rl.checkpoint import CheckpointError, load_scorer
 from keti_ray.rl.module import CandidateScorer
 
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
 # that a replaced default checkpoint with a matching, regenerated manifest is still refused.
 SHIPPED_CHECKPOINT_SHA256 = "99020b609f44dd38842e4b181347e0dbf9ec422b1a5995d2be1dc1bdea55d588"
-MODULE_SUBDIR = "module"
 
 
 class PPOAllocator(Allocator):
@@ -47,7 +53,6 @@ class PPOAllocator(Allocator):
         super().reset(seed)
         if hasattr(self, "gen"):
             self.gen.reset(seed)
-        self.arrived = 0
         self.decisions = 0
         self.fgd_agreements = 0
 
@@ -64,8 +69,7 @@ class PPOAllocator(Allocator):
         return int(torch.argmax(logits))
 
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
-        cands = self.gen.candidates(state, pod, self.arrived)
-        self.arrived += pod.gpu_request_milli
+        cands = self.gen.candidates(state, pod)
         if cands is None:
             return None
         idx = self.choose(cands)
@@ -75,23 +79,16 @@ class PPOAllocator(Allocator):
         return cands.placement(idx)
 
 
-def load_module(path: str | Path | None = None):
-    """Verify and load the RLModule of a checkpoint (default: the shipped one)."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
+def load_scorer_checkpoint(path: str | Path | None = None):
+    """Verify and load the network of a checkpoint (default: the shipped one)."""
     root = Path(path) if path else DEFAULT_CHECKPOINT
     if not root.exists():
         raise CheckpointError(
-            f"checkpoint {root}: does not exist; pass a directory written by `keti-ray train` "
+            f"checkpoint {root}: does not exist; pass a folder written by `keti-ray train` "
             "(its checkpoint/ folder)"
         )
     pinned = SHIPPED_CHECKPOINT_SHA256 if root.resolve() == DEFAULT_CHECKPOINT.resolve() else None
-    manifest = verify_checkpoint(root, expected_sha256=pinned)
-    module_dir = root / MODULE_SUBDIR
-    if not module_dir.is_dir():
-        raise CheckpointError(f"checkpoint {root}: no {MODULE_SUBDIR}/ folder with the RLModule")
-    module = RLModule.from_checkpoint(module_dir)
-    return module, manifest
+    return load_scorer(root, pinned, CANDIDATE_FEATURES, GLOBAL_FEATURES)
 
 
 def load_ppo_allocator(
@@ -99,15 +96,14 @@ def load_ppo_allocator(
 ) -> PPOAllocator:
     """The PPO allocator of a verified checkpoint (None = the shipped default)."""
     torch.set_num_threads(1)
-    module, manifest = load_module(path)
-    info = manifest.get("info", {})
+    net, config, _ = load_scorer_checkpoint(path)
     return PPOAllocator(
-        module.net,
+        net,
         typical=typical,
-        k=int(info.get("k", 16)),
-        random_extra=int(info.get("random_extra", 2)),
+        k=int(config.get("k", 16)),
+        random_extra=int(config.get("random_extra", 2)),
         seed=seed,
     )
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "PPOAllocator", "load_module", "load_ppo_allocator"]
+__all__ = ["DEFAULT_CHECKPOINT", "PPOAllocator", "load_ppo_allocator", "load_scorer_checkpoint"]

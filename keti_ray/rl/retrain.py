@@ -36,13 +36,17 @@ def train_candidate(
     init_from: str | None,
     seed: int,
 ) -> dict[str, Any]:
-    """Train and save a candidate; returns its checkpoint folder, SHA-256 and a short report."""
+    """Train and save a candidate in `out_dir` (a new folder); returns checkpoint and SHA-256.
+
+    A serving checkpoint is verified and its weights copied into `out_dir` before training
+    starts, so training never reads files that a promotion or another retrain may rewrite.
+    """
     import ray
 
     from keti_ray.rl import train as training
-    from keti_ray.rl.checkpoint import verify_checkpoint
+    from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
+    from keti_ray.rl.checkpoint import load_scorer
     from keti_ray.rl.config import load_config
-    from keti_ray.rl.policy import MODULE_SUBDIR
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config or RETRAIN_CONFIG)
@@ -59,19 +63,28 @@ def train_candidate(
             "sha256": result.report["checkpoint_sha256"],
             "report": {"started_from": "fgd (behaviour cloning)", "bc": result.report.get("bc")},
         }
-    verify_checkpoint(init_from)
+    net, served_config, manifest = load_scorer(init_from, None, CANDIDATE_FEATURES, GLOBAL_FEATURES)
+    cfg["model"]["hidden"] = served_config["hidden"]
+    cfg["env"]["k"] = served_config["k"]
+    cfg["env"]["random_extra"] = served_config["random_extra"]
+    init = training.save_weights(net, out_dir / training.INIT_WEIGHTS)
     training.seed_everything(seed)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    algo = training.build_algo(cfg, Path(init_from) / MODULE_SUBDIR)
+    algo = training.build_algo(cfg, init)
     try:
         stats = [training.iteration_stats(algo.train()) for _ in range(iterations)]
-        manifest = training.save_inference_checkpoint(
-            algo.get_module(),
+        saved = training.save_inference_checkpoint(
+            algo.get_module().net,
             out_dir,
             cfg,
-            {"iterations": iterations, "seed": seed, "init_from": init_from},
+            {
+                "iterations": iterations,
+                "seed": seed,
+                "init_from": init_from,
+                "init_sha256": manifest["checkpoint_sha256"],
+            },
         )
     finally:
         algo.stop()
@@ -79,6 +92,6 @@ def train_candidate(
             ray.shutdown()
     return {
         "checkpoint": str(out_dir / training.CHECKPOINT_SUBDIR),
-        "sha256": manifest["checkpoint_sha256"],
+        "sha256": saved["checkpoint_sha256"],
         "report": {"started_from": init_from, "iterations": stats},
     }

@@ -25,15 +25,15 @@ from keti_ray.cluster import ClusterState
 from keti_ray.fragmentation import TypicalPods
 from keti_ray.paths import default_nodes_csv, pod_list_csv
 from keti_ray.replay import replay, tune_workload
-from keti_ray.rl.checkpoint import verify_checkpoint, write_manifest
+from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
+from keti_ray.rl.checkpoint import load_scorer, save_scorer
 from keti_ray.rl.env import ENV_NAME, AllocationEnv, EnvSettings, Workload, observation_space
-from keti_ray.rl.module import CandidateScorer, CandidateScorerModule
-from keti_ray.rl.policy import MODULE_SUBDIR, PPOAllocator
+from keti_ray.rl.module import CandidateScorer
+from keti_ray.rl.policy import PPOAllocator
 from keti_ray.trace import load_nodes, load_pods
 
-ALGO_SUBDIR = "algo"
 CHECKPOINT_SUBDIR = "checkpoint"
-BC_SUBDIR = "bc_module"
+INIT_WEIGHTS = "init_weights.safetensors"  # the weights PPO starts from (a private copy)
 REPORT_NAME = "report.json"
 
 
@@ -83,6 +83,7 @@ class Demonstrations:
     action: np.ndarray
     returns: np.ndarray
     unallocated: list[float] = field(default_factory=list)
+    weights: np.ndarray | None = None  # per-sample loss weight (None: all 1)
 
 
 def collect_fgd(settings: EnvSettings, episodes: int, seed: int, gamma: float) -> Demonstrations:
@@ -143,6 +144,7 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
     gen = torch.Generator().manual_seed(seed)
     cands, glob, mask = map(torch.from_numpy, (demos.cands, demos.glob, demos.mask))
     action, returns = torch.from_numpy(demos.action), torch.from_numpy(demos.returns)
+    weights = None if demos.weights is None else torch.from_numpy(demos.weights)
     n = len(action)
     stats = {"samples": n, "policy_loss": None, "value_loss": None, "accuracy": None}
     if n == 0:
@@ -160,7 +162,13 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
                 idx = order[start : start + bc["batch_size"]]
                 if kind == "policy":
                     logits = net.logits(cands[idx], glob[idx], mask[idx])
-                    loss = _bc_loss(logits, action[idx], mask[idx], bc["fgd_target_prob"])
+                    if weights is None:
+                        loss = _bc_loss(logits, action[idx], mask[idx], bc["fgd_target_prob"])
+                    else:
+                        per = torch.nn.functional.cross_entropy(
+                            logits, action[idx], reduction="none"
+                        )
+                        loss = (per * weights[idx]).sum() / weights[idx].sum()
                     if bc["entropy_coeff"]:
                         logp = torch.log_softmax(logits, -1)
                         entropy = -(logp.exp() * logp).sum(-1).mean()
@@ -174,10 +182,85 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
             stats[f"{kind}_loss"] = float(loss.detach())
     with torch.no_grad():
         logits = net.logits(cands, glob, mask)
-        stats["accuracy"] = float((logits.argmax(-1) == action).float().mean())
+        hit = logits.argmax(-1) == action
+        stats["accuracy"] = float(hit.float().mean())
+        off_fgd = action != 0  # the teacher (or FGD) left FGD's slot
+        if bool(off_fgd.any()):
+            stats["accuracy_where_label_is_not_fgd"] = float(hit[off_fgd].float().mean())
+        stats["predicts_not_fgd"] = float((logits.argmax(-1) != 0).float().mean())
         probs = torch.softmax(logits, -1)
         stats["mean_prob_of_fgd_choice"] = float(probs[torch.arange(n), action].mean())
     return stats
+
+
+def teacher_demonstrations(cfg: dict[str, Any], out: Path) -> tuple[Demonstrations, dict]:
+    """The rollout teacher's decisions on full-cluster replays (cached in OUT by settings)."""
+    from dataclasses import asdict
+
+    from keti_ray.rl.teacher import TeacherSettings, collect_teacher
+
+    t = cfg["teacher"]
+    settings = TeacherSettings(
+        horizon=int(t["horizon"]),
+        top=int(t["top"]),
+        start_pct=float(t["start_pct"]),
+        frag_weight=float(t["frag_weight"]),
+        samples=int(t["samples"]),
+        early_keep=float(t["early_keep"]),
+    )
+    nodes_csv = str(cfg["env"].get("nodes_csv") or default_nodes_csv())
+    key = {
+        "settings": asdict(settings),
+        "pods": list(t["pods"]),
+        "seeds": list(t["seeds"]),
+        "k": cfg["env"]["k"],
+        "random_extra": cfg["env"]["random_extra"],
+        "tune": cfg["env"]["tune"],
+        "nodes_csv": nodes_csv,
+    }
+    cache, meta_path = out / "teacher_labels.npz", out / "teacher_labels.json"
+    if cache.is_file() and meta_path.is_file() and json.loads(meta_path.read_text())["key"] == key:
+        arrays = dict(np.load(cache))
+        meta = json.loads(meta_path.read_text())
+    else:
+        started = time.perf_counter()
+        arrays, episodes = collect_teacher(
+            nodes_csv,
+            list(t["pods"]),
+            list(t["seeds"]),
+            cfg["env"]["k"],
+            cfg["env"]["random_extra"],
+            settings,
+            int(t["workers"]),
+            cfg["env"]["tune"],
+        )
+        meta = {
+            "key": key,
+            "episodes": episodes,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        np.savez_compressed(cache, **arrays)
+        meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    n = len(arrays["action"])
+    weights = np.where(arrays["late"], float(t["late_weight"]), 1.0).astype(np.float32)
+    demos = Demonstrations(
+        arrays["cands"],
+        arrays["glob"],
+        arrays["mask"],
+        arrays["action"],
+        np.zeros(n, dtype=np.float32),
+        [e["final_unallocated_pct"] for e in meta["episodes"]],
+        weights,
+    )
+    changed = sum(e["changed_vs_fgd"] for e in meta["episodes"])
+    decided = sum(e["teacher_decisions"] for e in meta["episodes"])
+    return demos, {
+        "samples": n,
+        "teacher_decisions": decided,
+        "changed_vs_fgd": changed,
+        "label_seconds": meta.get("seconds"),
+        "episodes": meta["episodes"],
+    }
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -238,12 +321,13 @@ def ppo_final(result) -> float:
 # ---- PPO ----------------------------------------------------------------------------------------
 
 
-def build_algo(cfg: dict[str, Any], init_module_dir: Path | None):
-    """The RLlib PPO algorithm on the new API stack, starting from `init_module_dir` weights."""
+def build_algo(cfg: dict[str, Any], init_weights: Path | None):
+    """The RLlib PPO algorithm on the new API stack, starting from `init_weights` (safetensors)."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from keti_ray.rl.env import register
+    from keti_ray.rl.module import CandidateScorerModule
 
     register()
     ppo = cfg["ppo"]
@@ -251,8 +335,10 @@ def build_algo(cfg: dict[str, Any], init_module_dir: Path | None):
         module_class=CandidateScorerModule,
         observation_space=observation_space(cfg["env"]["k"]),
         action_space=__import__("gymnasium").spaces.Discrete(cfg["env"]["k"]),
-        model_config=dict(cfg["model"]),
-        load_state_path=str(init_module_dir) if init_module_dir else None,
+        model_config={
+            **cfg["model"],
+            "init_weights": str(init_weights) if init_weights else None,
+        },
     )
     config = (
         PPOConfig()
@@ -304,20 +390,35 @@ def iteration_stats(result: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def save_inference_checkpoint(module, out_dir: Path, cfg: dict[str, Any], info: dict) -> dict:
-    """RLModule alone + manifest: what `keti-ray eval --policy ppo:PATH` loads."""
+def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What config.json records: enough to rebuild the network and its candidate set."""
+    return {
+        "hidden": int(cfg["model"]["hidden"]),
+        "k": int(cfg["env"]["k"]),
+        "random_extra": int(cfg["env"]["random_extra"]),
+        "candidate_features": list(CANDIDATE_FEATURES),
+        "global_features": list(GLOBAL_FEATURES),
+    }
+
+
+def save_inference_checkpoint(net, out_dir: Path, cfg: dict[str, Any], info: dict) -> dict:
+    """Weights (safetensors) + config.json + manifest: what `--policy ppo:PATH` loads.
+
+    `out_dir` is a training output folder (never a serving checkpoint: retrains write to a
+    new versioned folder); its checkpoint/ is replaced as a whole.
+    """
     target = out_dir / CHECKPOINT_SUBDIR
     if target.exists():
         shutil.rmtree(target)
-    module.save_to_path(str(target / MODULE_SUBDIR))
-    meta = {
-        "k": cfg["env"]["k"],
-        "random_extra": cfg["env"]["random_extra"],
-        "model": cfg["model"],
-        "trained_on": list(cfg["env"]["pods"]),
-        **info,
-    }
-    return write_manifest(target, meta)
+    meta = {"trained_on": list(cfg["env"]["pods"]), "model": cfg["model"], **info}
+    return save_scorer(target, net, scorer_config(cfg), meta)
+
+
+def save_weights(net: CandidateScorer, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
 
 
 @dataclass
@@ -336,8 +437,13 @@ def train(
     resume: bool = False,
     on_iteration: Progress | None = None,
     on_phase: Callable[[str], None] | None = None,
+    teacher_labels: Demonstrations | None = None,
 ) -> TrainResult:
-    """BC warm start (unless resuming), `iterations` PPO iterations, checkpoint + report."""
+    """Warm start (BC on FGD, or on `teacher_labels`), PPO iterations, checkpoint + report.
+
+    With `resume`, PPO continues from OUT/checkpoint's verified weights (no optimizer state:
+    nothing pickled is ever written or read).
+    """
     import ray
 
     out = Path(out_dir)
@@ -346,60 +452,51 @@ def train(
     started = time.perf_counter()
     report: dict[str, Any] = {"config": cfg, "iterations": [], "evaluations": []}
     phase = on_phase or (lambda text: None)
-    algo_dir = out / ALGO_SUBDIR
+    space = observation_space(cfg["env"]["k"])
+    init = out / INIT_WEIGHTS
     if resume:
-        verify_checkpoint(algo_dir)
+        net, _, _ = load_scorer(out / CHECKPOINT_SUBDIR, None, CANDIDATE_FEATURES, GLOBAL_FEATURES)
         old = json.loads((out / REPORT_NAME).read_text()) if (out / REPORT_NAME).is_file() else {}
         report["iterations"] = old.get("iterations", [])
         report["evaluations"] = old.get("evaluations", [])
         report["bc"] = old.get("bc")
         report["wall_seconds_before"] = float(old.get("wall_seconds", 0.0))
-    if not ray.is_initialized():
-        ray.init(
-            address="local",  # always a private cluster, never another session's
-            num_cpus=max(2, cfg["ppo"]["num_env_runners"] + 1),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    if resume:
-        from ray.rllib.algorithms.algorithm import Algorithm
-
-        from keti_ray.rl.env import register
-
-        register()
-        phase("restoring")
-        algo = Algorithm.from_checkpoint(str(algo_dir))
     else:
-        phase("behaviour cloning FGD")
+        phase("behaviour cloning")
         settings = env_settings(cfg)
-        space = observation_space(cfg["env"]["k"])
         net = CandidateScorer(
             space["candidates"].shape[-1], space["globals"].shape[-1], cfg["model"]["hidden"]
         )
         bc_stats: dict[str, Any] = {"samples": 0}
-        if cfg["bc"]["episodes"]:
+        demos = teacher_labels
+        if demos is None and cfg["teacher"]["enabled"]:
+            phase("teacher rollouts (labels)")
+            demos, report["teacher"] = teacher_demonstrations(cfg, out)
+        if demos is None and cfg["bc"]["episodes"]:
             demos = collect_fgd(settings, cfg["bc"]["episodes"], cfg["seed"], cfg["ppo"]["gamma"])
+        if demos is not None:
             bc_stats = behaviour_clone(net, demos, cfg["bc"], cfg["seed"])
-            bc_stats["fgd_unallocated_pct"] = round(float(np.mean(demos.unallocated)), 3)
+            if demos.unallocated:
+                bc_stats["demo_unallocated_pct"] = round(float(np.mean(demos.unallocated)), 3)
         report["bc"] = bc_stats
-        module = CandidateScorerModule(
-            observation_space=space,
-            action_space=__import__("gymnasium").spaces.Discrete(cfg["env"]["k"]),
-            model_config=dict(cfg["model"]),
-        )
-        module.net.load_state_dict(net.state_dict())
-        bc_dir = out / BC_SUBDIR
-        if bc_dir.exists():
-            shutil.rmtree(bc_dir)
-        module.save_to_path(str(bc_dir))
-        phase("building PPO")
-        algo = build_algo(cfg, bc_dir)
+    save_weights(net, init)
     done = len(report["iterations"])
+    algo = None
+    if iterations:
+        if not ray.is_initialized():
+            ray.init(
+                address="local",  # always a private cluster, never another session's
+                num_cpus=max(2, cfg["ppo"]["num_env_runners"] + 1),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        phase("building PPO")
+        algo = build_algo(cfg, init)
     try:
-        if not resume and cfg["eval"]["every"] and iterations:
+        if not resume and cfg["eval"]["every"]:
             phase("evaluating the warm start")
-            ev = evaluate_vs_fgd(algo.get_module().net, cfg)
+            ev = evaluate_vs_fgd(net if algo is None else algo.get_module().net, cfg)
             ev["iteration"] = 0
             report["evaluations"].append(ev)
         for i in range(done + 1, done + iterations + 1):
@@ -420,15 +517,11 @@ def train(
             if on_iteration:
                 on_iteration(i, {**stats, "eval": evaluation})
         phase("saving")
-        if algo_dir.exists():
-            shutil.rmtree(algo_dir)
-        algo.save_to_path(str(algo_dir))
-        write_manifest(algo_dir, {"kind": "rllib-algorithm", "seed": cfg["seed"]})
-        module = algo.get_module()
+        final_net = net if algo is None else algo.get_module().net
         wall = time.perf_counter() - started
         report["wall_seconds"] = round(wall + report.get("wall_seconds_before", 0.0), 1)
         manifest = save_inference_checkpoint(
-            module,
+            final_net,
             out,
             cfg,
             {"iterations": done + iterations, "seed": cfg["seed"]},
@@ -438,5 +531,6 @@ def train(
         report["checkpoint_sha256"] = manifest["checkpoint_sha256"]
         (out / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
     finally:
-        algo.stop()
+        if algo is not None:
+            algo.stop()
     return TrainResult(report, out / CHECKPOINT_SUBDIR)
