@@ -56,6 +56,7 @@ def main() -> None:
             seeds,
             1.3,
             args.workers,
+            explain=True,
         )
         summary = summarise(results, [ppo, "fgd", "bestfit"])
         row = {
@@ -66,6 +67,7 @@ def main() -> None:
             "ppo_per_seed": summary[ppo]["per_seed_130"],
             "fgd_per_seed": summary["fgd"]["per_seed_130"],
             "ppo_seconds_per_replay": summary[ppo]["seconds_per_replay"],
+            "explain": {"ppo": summary[ppo]["explain"], "fgd": summary["fgd"]["explain"]},
             "seconds": round(time.perf_counter() - start, 1),
         }
         d = np.array(row["ppo_per_seed"]) - np.array(row["fgd_per_seed"])

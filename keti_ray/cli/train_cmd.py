@@ -26,7 +26,9 @@ def train_command(
     pods: str = typer.Option(
         None, help="Comma list of pod lists to train on (overrides the config's env.pods)."
     ),
-    iterations: int = typer.Option(..., help="PPO iterations (algo.train() calls)."),
+    iterations: int = typer.Option(
+        ..., help="PPO iterations (algo.train() calls); 0 = behaviour cloning only."
+    ),
     out: Path = typer.Option(..., help="Output folder: checkpoint/, report.json."),
     seed: int = typer.Option(None, help="Seed (overrides the config's seed)."),
     resume: bool = typer.Option(
@@ -38,8 +40,8 @@ def train_command(
     from keti_ray.rl.checkpoint import CheckpointError
     from keti_ray.rl.config import ConfigError, load_config
 
-    if iterations < 1:
-        _fail(f"--iterations must be >= 1, got {iterations}")
+    if iterations < 0:
+        _fail(f"--iterations must be >= 0, got {iterations}")
     try:
         cfg = load_config(config)
     except ConfigError as exc:

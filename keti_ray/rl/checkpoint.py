@@ -157,7 +157,7 @@ def load_scorer(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from keti_ray.rl.module import CandidateScorer
+    from keti_ray.rl.scorer import CandidateScorer
 
     root = Path(root)
     manifest = verify_checkpoint(root, expected_sha256)

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
         "frag_shaping": 1.0,
         "fgd_warmup_pct": [0.0, 0.0],
     },
-    "model": {"hidden": 64},
+    "model": {"hidden": 64, "fgd_below_pct": 0.0},
     "bc": {
         "episodes": 4,
         "epochs": 10,
@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "frag_weight": 1.0,
         "samples": 1,
         "early_keep": 0.1,
+        "future": "sampled",
         "workers": 2,
         "late_weight": 1.0,
     },

@@ -56,6 +56,7 @@ class EnvSettings:
     tune: float = 1.3
     frag_shaping: float = 1.0
     fgd_warmup_pct: tuple[float, float] = (0.0, 0.0)  # FGD places pods until this arrived %
+    fgd_below_pct: float = 0.0  # ... and while the cluster is less allocated (as the policy)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -183,7 +184,9 @@ class AllocationEnv(gym.Env):
         while self.cursor < len(self.workload):
             pod = self.workload[self.cursor]
             cands = self.gen.candidates(self.state, pod)
-            warm = 100.0 * self.arrived / max(self.capacity, 1) < self.warmup
+            warm = 100.0 * self.arrived / max(self.capacity, 1) < self.warmup or (
+                100.0 - self.state.unallocated_gpu_pct() < self.settings.fgd_below_pct
+            )
             if cands is not None and cands.size >= 2 and not warm:
                 self._cands = cands
                 break
@@ -224,6 +227,7 @@ def _settings_from_dict(config: dict | None) -> EnvSettings:
         "tune",
         "frag_shaping",
         "fgd_warmup_pct",
+        "fgd_below_pct",
     }
     unknown = sorted(set(config) - known)
     if unknown:
@@ -246,6 +250,7 @@ def _settings_from_dict(config: dict | None) -> EnvSettings:
         tune=float(config.get("tune", 1.3)),
         frag_shaping=float(config.get("frag_shaping", 1.0)),
         fgd_warmup_pct=(float(warm[0]), float(warm[1])),
+        fgd_below_pct=float(config.get("fgd_below_pct", 0.0)),
     )
 
 

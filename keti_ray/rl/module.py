@@ -1,10 +1,9 @@
-"""The candidate-scoring RLModule: one shared network scores every candidate placement.
+"""The RLlib RLModule (torch, new API stack) around the candidate-scoring network.
 
-Each candidate's features, joined with the pod's and cluster's features, go through the same
-MLP to one logit, so the order of candidates does not matter and K can be anything the
-observation space says. Padding slots get a logit of FLOAT_MIN (never sampled, never chosen
-by argmax). The value head reads the masked mean of the candidates' hidden vectors together
-with the global features (a permutation-invariant pooling of the set).
+`keti_ray.rl.scorer.CandidateScorer` holds the network (also used alone for serving and
+behaviour cloning); this module wires it into PPO: action logits from the candidate scores,
+values from the pooled value head. Initial weights come from a safetensors file
+(`model_config["init_weights"]`), never from a pickle.
 """
 
 from __future__ import annotations
@@ -15,45 +14,10 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
-from torch import nn
 
-MASKED_LOGIT = -1e9  # far below any real logit; finite so that softmax stays defined
+from keti_ray.rl.scorer import MASKED_LOGIT, CandidateScorer
 
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
-
-
-class CandidateScorer(nn.Module):
-    """Plain torch core of the module (also used alone for behaviour cloning)."""
-
-    def __init__(self, cand_dim: int, glob_dim: int, hidden: int = 64) -> None:
-        super().__init__()
-        self.encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
-        self.act = nn.Tanh()
-        self.logit = nn.Linear(hidden, 1)
-        self.value_encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
-        self.value = _mlp([hidden + glob_dim, hidden, 1])
-
-    @staticmethod
-    def _joined(cands: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
-        return torch.cat([cands, glob.unsqueeze(-2).expand(*cands.shape[:-1], glob.shape[-1])], -1)
-
-    def logits(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.encoder(self._joined(cands, glob)))
-        out = self.logit(h).squeeze(-1)
-        return torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
-
-    def values(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.value_encoder(self._joined(cands, glob)))
-        w = mask.unsqueeze(-1)
-        pooled = (h * w).sum(-2) / w.sum(-2).clamp(min=1.0)
-        return self.value(torch.cat([pooled, glob], -1)).squeeze(-1)
+__all__ = ["MASKED_LOGIT", "CandidateScorer", "CandidateScorerModule"]
 
 
 class CandidateScorerModule(TorchRLModule, ValueFunctionAPI):

@@ -24,7 +24,7 @@ from keti_ray.rl.candidates import (
     CandidateSet,
 )
 from keti_ray.rl.checkpoint import CheckpointError, load_scorer
-from keti_ray.rl.module import CandidateScorer
+from keti_ray.rl.scorer import CandidateScorer
 
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
@@ -44,8 +44,12 @@ class PPOAllocator(Allocator):
         k: int = 16,
         random_extra: int = 2,
         seed: int | None = None,
+        fgd_below_pct: float = 0.0,
     ) -> None:
         self.net = net.eval()
+        # Below this allocated % of GPU capacity (read from the live state) the policy takes
+        # FGD's candidate without scoring: the teacher it was distilled from is FGD there.
+        self.fgd_below_pct = float(fgd_below_pct)
         self.gen = CandidateGenerator(typical or TypicalPods.default(), k, random_extra, seed)
         super().__init__(seed)
 
@@ -69,6 +73,8 @@ class PPOAllocator(Allocator):
         return int(torch.argmax(logits))
 
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:
+        if self.fgd_below_pct and 100.0 - state.unallocated_gpu_pct() < self.fgd_below_pct:
+            return self.gen.fgd.place(state, pod)
         cands = self.gen.candidates(state, pod)
         if cands is None:
             return None
@@ -103,6 +109,7 @@ def load_ppo_allocator(
         k=int(config.get("k", 16)),
         random_extra=int(config.get("random_extra", 2)),
         seed=seed,
+        fgd_below_pct=float(config.get("fgd_below_pct", 0.0)),
     )
 
 

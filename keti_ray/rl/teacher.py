@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from keti_ray.allocators.fgd import FGDAllocator
-from keti_ray.allocators.rollout import clone_fgd, node_signature, sampled_future
+from keti_ray.allocators.rollout import clone_fgd, node_signature, real_future, sampled_future
 from keti_ray.cluster import ClusterState, Placement, PodRequest
 from keti_ray.fragmentation import TypicalPods
 from keti_ray.replay import tune_workload
@@ -38,6 +38,10 @@ class TeacherSettings:
     frag_weight: float = 1.0
     samples: int = 1
     early_keep: float = 0.1
+    # "sampled": futures drawn from the pod list (sees no future); "real": the next pods of
+    # the replay itself (a privileged, clairvoyant teacher: allowed for labelling training
+    # episodes, since the student never sees the future; never used to decide when serving).
+    future: str = "sampled"
 
 
 def rollout_value(
@@ -110,12 +114,23 @@ def label_episode(
     state = ClusterState(nodes)
     workload = tune_workload(pods, state.total_gpu_milli, tune, seed)
     gen = CandidateGenerator(typical, k, random_extra, seed)
-    future = sampled_future(pods, settings.horizon, settings.samples, seed + 7)
+    if settings.future == "real":
+        future = real_future(workload, settings.horizon)
+    elif settings.future == "sampled":
+        future = sampled_future(pods, settings.horizon, settings.samples, seed + 7)
+    else:
+        raise ValueError(f"teacher.future must be 'sampled' or 'real', got {settings.future!r}")
     keep = np.random.default_rng(seed + 11)
     rec: dict[str, list] = {"cands": [], "glob": [], "mask": [], "action": [], "late": []}
     changed = decisions = 0
     started = time.perf_counter()
     for pod in workload:
+        early = 100.0 - state.unallocated_gpu_pct() < settings.start_pct or not pod.num_gpu
+        if early and settings.early_keep == 0:  # FGD's choice, without building features
+            choice = gen.fgd.place(state, pod)
+            if choice is not None:
+                state.allocate(pod, choice)
+            continue
         cands = gen.candidates(state, pod)
         if cands is None:
             continue
@@ -147,10 +162,20 @@ def label_episode(
 
 
 def _job(args: tuple) -> dict[str, Any]:
-    nodes_csv, pods_name, seed, k, random_extra, settings, tune = args
+    nodes_csv, pods_name, seed, k, random_extra, settings, tune, cache_dir = args
+    import json
+    from pathlib import Path
+
     from keti_ray.paths import pod_list_csv
     from keti_ray.trace import load_nodes, load_pods
 
+    cached = None
+    if cache_dir is not None:  # one file per episode, so an interrupted run resumes
+        tag = f"{Path(pods_name).stem}-{seed}-{abs(hash((k, random_extra, settings, tune)))}"
+        cached = Path(cache_dir) / f"episode-{tag}"
+        if cached.with_suffix(".json").is_file():
+            meta = json.loads(cached.with_suffix(".json").read_text())
+            return {**meta, **dict(np.load(cached.with_suffix(".npz")))}
     pods = load_pods(pod_list_csv(pods_name))
     out = label_episode(
         load_nodes(nodes_csv),
@@ -163,6 +188,11 @@ def _job(args: tuple) -> dict[str, Any]:
         tune,
     )
     out["pods"], out["seed"] = pods_name, seed
+    if cached is not None:
+        arrays = {key: out[key] for key in ("cands", "glob", "mask", "action", "late")}
+        np.savez_compressed(cached.with_suffix(".npz"), **arrays)
+        meta = {key: v for key, v in out.items() if key not in arrays}
+        cached.with_suffix(".json").write_text(json.dumps(meta))
     return out
 
 
@@ -175,10 +205,15 @@ def collect_teacher(
     settings: TeacherSettings,
     workers: int = 2,
     tune: float = 1.3,
+    cache_dir: str | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Teacher episodes for every (pod list, seed), in `workers` processes; stacked arrays
     (in a fixed order, so the result does not depend on which worker finished first)."""
-    jobs = [(nodes_csv, p, s, k, random_extra, settings, tune) for p in pod_lists for s in seeds]
+    jobs = [
+        (nodes_csv, p, s, k, random_extra, settings, tune, cache_dir)
+        for p in pod_lists
+        for s in seeds
+    ]
     if workers <= 1:
         results = [_job(j) for j in jobs]
     else:

@@ -60,6 +60,7 @@ def env_settings(cfg: dict[str, Any]) -> EnvSettings:
         tune=env["tune"],
         frag_shaping=env["frag_shaping"],
         fgd_warmup_pct=tuple(env["fgd_warmup_pct"]),
+        fgd_below_pct=float(cfg["model"]["fgd_below_pct"]),
     )
 
 
@@ -67,6 +68,7 @@ def env_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The RLlib env_config (plain data; each env runner loads the trace itself)."""
     keys = ("pods", "num_nodes", "k", "random_extra", "tune", "frag_shaping", "fgd_warmup_pct")
     out = {k: cfg["env"][k] for k in keys}
+    out["fgd_below_pct"] = float(cfg["model"]["fgd_below_pct"])
     out["pods"] = list(out["pods"])
     out["fgd_warmup_pct"] = list(out["fgd_warmup_pct"])
     return out
@@ -146,7 +148,13 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
     action, returns = torch.from_numpy(demos.action), torch.from_numpy(demos.returns)
     weights = None if demos.weights is None else torch.from_numpy(demos.weights)
     n = len(action)
-    stats = {"samples": n, "policy_loss": None, "value_loss": None, "accuracy": None}
+    stats: dict[str, Any] = {
+        "samples": n,
+        "policy_loss": None,
+        "value_loss": None,
+        "accuracy": None,
+        "history": [],
+    }
     if n == 0:
         return stats
     policy_params = list(net.encoder.parameters()) + list(net.logit.parameters())
@@ -156,8 +164,9 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
         (value_params, bc["value_epochs"], "value"),
     ):
         opt = torch.optim.Adam(params, lr=bc["lr"])
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(n, generator=gen)
+            total, batches = 0.0, 0
             for start in range(0, n, bc["batch_size"]):
                 idx = order[start : start + bc["batch_size"]]
                 if kind == "policy":
@@ -179,7 +188,19 @@ def behaviour_clone(net: CandidateScorer, demos: Demonstrations, bc: dict, seed:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                total += float(loss.detach())
+                batches += 1
             stats[f"{kind}_loss"] = float(loss.detach())
+            if kind == "policy":
+                with torch.no_grad():
+                    hit = net.logits(cands, glob, mask).argmax(-1) == action
+                stats["history"].append(
+                    {
+                        "epoch": epoch + 1,
+                        "loss": round(total / max(batches, 1), 5),
+                        "accuracy": round(float(hit.float().mean()), 4),
+                    }
+                )
     with torch.no_grad():
         logits = net.logits(cands, glob, mask)
         hit = logits.argmax(-1) == action
@@ -207,6 +228,7 @@ def teacher_demonstrations(cfg: dict[str, Any], out: Path) -> tuple[Demonstratio
         frag_weight=float(t["frag_weight"]),
         samples=int(t["samples"]),
         early_keep=float(t["early_keep"]),
+        future=str(t["future"]),
     )
     nodes_csv = str(cfg["env"].get("nodes_csv") or default_nodes_csv())
     key = {
@@ -233,6 +255,7 @@ def teacher_demonstrations(cfg: dict[str, Any], out: Path) -> tuple[Demonstratio
             settings,
             int(t["workers"]),
             cfg["env"]["tune"],
+            str(out),
         )
         meta = {
             "key": key,
@@ -287,7 +310,12 @@ def evaluate_vs_fgd(
             workload = tune_workload(pods, capacity, cfg["env"]["tune"], seed)
             fgd = replay(nodes, workload, make_allocator("fgd", typical, seed), seed, typical)
             ppo_alloc = PPOAllocator(
-                net, typical, cfg["env"]["k"], cfg["env"]["random_extra"], seed
+                net,
+                typical,
+                cfg["env"]["k"],
+                cfg["env"]["random_extra"],
+                seed,
+                cfg["model"]["fgd_below_pct"],
             )
             ppo = replay(nodes, workload, ppo_alloc, seed, typical)
             rows.append(
@@ -396,6 +424,7 @@ def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "hidden": int(cfg["model"]["hidden"]),
         "k": int(cfg["env"]["k"]),
         "random_extra": int(cfg["env"]["random_extra"]),
+        "fgd_below_pct": float(cfg["model"]["fgd_below_pct"]),
         "candidate_features": list(CANDIDATE_FEATURES),
         "global_features": list(GLOBAL_FEATURES),
     }

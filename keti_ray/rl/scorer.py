@@ -1,0 +1,51 @@
+"""The candidate-scoring network in plain torch (no Ray): what serving and distillation use.
+
+Each candidate's features, joined with the pod's and cluster's features, go through the same
+MLP to one logit, so the order of candidates does not matter and K can be anything. Padding
+slots get MASKED_LOGIT (never chosen by argmax). The value head reads the masked mean of the
+candidates' hidden vectors together with the global features. `keti_ray.rl.module` wraps it
+as an RLlib RLModule for PPO.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MASKED_LOGIT = -1e9  # far below any real logit; finite so that softmax stays defined
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class CandidateScorer(nn.Module):
+    """Plain torch core of the module (also used alone for behaviour cloning)."""
+
+    def __init__(self, cand_dim: int, glob_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
+        self.act = nn.Tanh()
+        self.logit = nn.Linear(hidden, 1)
+        self.value_encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
+        self.value = _mlp([hidden + glob_dim, hidden, 1])
+
+    @staticmethod
+    def _joined(cands: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cands, glob.unsqueeze(-2).expand(*cands.shape[:-1], glob.shape[-1])], -1)
+
+    def logits(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.encoder(self._joined(cands, glob)))
+        out = self.logit(h).squeeze(-1)
+        return torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
+
+    def values(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.value_encoder(self._joined(cands, glob)))
+        w = mask.unsqueeze(-1)
+        pooled = (h * w).sum(-2) / w.sum(-2).clamp(min=1.0)
+        return self.value(torch.cat([pooled, glob], -1)).squeeze(-1)
