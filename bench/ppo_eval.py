@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="42-51")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--lists", default=None, help="comma list (default: every pod list)")
+    parser.add_argument("--bestfit", action="store_true", help="also replay BestFit")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ppo_eval.json"))
     args = parser.parse_args()
     ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
@@ -47,23 +48,24 @@ def main() -> None:
         }
     )
     rows = payload.setdefault("lists", {})
+    policies = [ppo, "fgd"] + (["bestfit"] if args.bestfit else [])
     for name in lists:
         start = time.perf_counter()
         results = run_evaluation(
             default_nodes_csv(),
             pod_list_csv(name),
-            [ppo, "fgd", "bestfit"],
+            policies,
             seeds,
             1.3,
             args.workers,
             explain=True,
         )
-        summary = summarise(results, [ppo, "fgd", "bestfit"])
+        summary = summarise(results, policies)
         row = {
             "split": "seen" if name in trained_on else "unseen",
             "ppo": summary[ppo]["unallocated_gpu_pct"]["130"],
             "fgd": summary["fgd"]["unallocated_gpu_pct"]["130"],
-            "bestfit": summary["bestfit"]["unallocated_gpu_pct"]["130"],
+            "bestfit": summary["bestfit"]["unallocated_gpu_pct"]["130"] if args.bestfit else None,
             "ppo_per_seed": summary[ppo]["per_seed_130"],
             "fgd_per_seed": summary["fgd"]["per_seed_130"],
             "ppo_seconds_per_replay": summary[ppo]["seconds_per_replay"],
@@ -80,8 +82,8 @@ def main() -> None:
         row["published_bestfit"] = published.get("bestfit")
         rows[name] = row
         print(
-            f"{name:12s} {row['split']:6s} ppo {row['ppo']:6.2f}  fgd {row['fgd']:6.2f}  "
-            f"bestfit {row['bestfit']:6.2f}  ppo-fgd {row['ppo_minus_fgd']:+.3f} "
+            f"{name:12s} {row['split']:6s} ppo {row['ppo']:6.3f}  fgd {row['fgd']:6.3f}  "
+            f"ppo-fgd {row['ppo_minus_fgd']:+.3f} "
             f"(se {row['ppo_minus_fgd_se']:.3f})",
             flush=True,
         )

@@ -29,7 +29,7 @@ from keti_ray.rl.scorer import CandidateScorer
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
 # that a replaced default checkpoint with a matching, regenerated manifest is still refused.
-SHIPPED_CHECKPOINT_SHA256 = "99020b609f44dd38842e4b181347e0dbf9ec422b1a5995d2be1dc1bdea55d588"
+SHIPPED_CHECKPOINT_SHA256 = "874208058b83943daf02a2c83426ee916f4d92a6bbbeda39c3e373682bf78e63"
 
 
 class PPOAllocator(Allocator):
