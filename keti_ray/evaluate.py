@@ -227,7 +227,9 @@ def _mean_explain(items: list[dict]) -> dict | None:
         dicts = [v for v in values if isinstance(v, dict)]
         if dicts:  # a key missing in one seed (a shape never skipped there) counts as zero
             keys = sorted({k for v in dicts for k in v})
-            return {k: mean([v.get(k) if isinstance(v, dict) else None for v in values]) for k in keys}
+            return {
+                k: mean([v.get(k) if isinstance(v, dict) else None for v in values]) for k in keys
+            }
         return round(float(np.mean([0 if v is None else v for v in values])), 3)
 
     return mean(items)
