@@ -2,7 +2,7 @@
 candidate, the report on disk before the pointer moves, the serving checkpoint untouched.
 
 The candidates are real checkpoints (safetensors + manifest) whose networks are set by hand:
-one always takes FGD's candidate, one always takes a random extra candidate, so "clearly
+one always takes FGD's candidate, one always takes the candidate that fragments most, so "clearly
 better" is known without training. Replays are real (`keti_ray.replay` on simulated nodes).
 """
 
@@ -103,7 +103,7 @@ def settings(tmp_path, telemetry, serving, pointer=None, seeds=tuple(range(9001,
 
 def test_a_clearly_better_candidate_is_promoted_after_its_report(tmp_path, telemetry):
     serving = tmp_path / "serving"
-    serving_sha = save(picker("is_random_extra"), serving)  # a weak serving policy
+    serving_sha = save(picker("frag_delta"), serving)  # weak: the most fragmenting candidate
     before = {p.name: file_sha256(p) for p in serving.iterdir()}
     pointer = tmp_path / "pointer.json"
     write_pointer(pointer, serving, serving_sha)
