@@ -104,6 +104,25 @@ def decisions_in(pods: Iterable[dict[str, Any]], node: str) -> list[Decision]:
     return sorted(out, key=lambda d: (d.created, d.namespace, d.pod))
 
 
+def api_client(host: str | None = None, token: str | None = None) -> Any:
+    """A `kubernetes` ApiClient: in-cluster config (the DaemonSet's service account), else
+    kubeconfig; `host` (and `token`) override them (tests: the API-server emulator)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if host is None:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+    else:
+        cfg.host = host
+    if token:
+        cfg.api_key = {"authorization": token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(cfg)
+
+
 class ApiServerPods:
     """Lists the pods bound to one node through the API server (`kubernetes` client)."""
 
@@ -113,20 +132,11 @@ class ApiServerPods:
         self.timeout_s = timeout_s
 
     @classmethod
-    def from_environment(cls, node: str, host: str | None = None, **kw: Any) -> ApiServerPods:
-        """In-cluster config (the DaemonSet's service account), else kubeconfig; `host`
-        overrides the server (tests: the API-server emulator)."""
-        from kubernetes import client, config
-
-        cfg = client.Configuration()
-        if host is None:
-            try:
-                config.load_incluster_config(client_configuration=cfg)
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=cfg)
-        else:
-            cfg.host = host
-        return cls(node, client.ApiClient(cfg), **kw)
+    def from_environment(
+        cls, node: str, host: str | None = None, token: str | None = None, **kw: Any
+    ) -> ApiServerPods:
+        """The API client from `api_client()`; see there."""
+        return cls(node, api_client(host, token), **kw)
 
     def pods(self) -> list[dict[str, Any]]:
         from kubernetes import client
