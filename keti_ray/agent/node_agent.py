@@ -85,6 +85,35 @@ class AgentConfig:
         return AgentConfig(**values)
 
 
+class AgentMetrics:
+    """The node agent's gauges (names in CONTRACTS §5), in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Gauge
+
+        self.registry = CollectorRegistry()
+        self.up = Gauge("keti_agent_up", "1 while the node agent runs", registry=self.registry)
+        self.up.set(1)
+        self.gpu_healthy = Gauge(
+            "keti_agent_gpu_healthy",
+            "1 when the GPU is Healthy",
+            ["gpu_uuid"],
+            registry=self.registry,
+        )
+        self.occupancy = Gauge(
+            "keti_agent_sm_occupancy_ratio",
+            "SMs the shim granted to running processes on the GPU, over the GPU's SMs",
+            ["gpu_uuid"],
+            registry=self.registry,
+        )
+        self.shimless = Gauge(
+            "keti_agent_shimless_processes",
+            "processes computing on a shared GPU without a shim status line",
+            ["gpu_uuid"],
+            registry=self.registry,
+        )
+
+
 def current_node_id() -> str:
     """The Ray node ID inside a Ray worker, else the host name."""
     try:
@@ -117,6 +146,7 @@ class NodeAgent:
         self._ceilings_lock = threading.Lock()
         self.ceilings: MpsCeilings | None = None  # last applied
         self._closers: list = []
+        self.metrics = AgentMetrics()
 
         if cfg.gpu:
             self._start_gpu(cfg)
@@ -141,6 +171,7 @@ class NodeAgent:
             units_by_gpu=self.units_by_gpu,
             partition=self.partition_table,
             interval_s=cfg.telemetry_interval_s,
+            observers=[self._observe],
         )
         self.sampler.start()
 
@@ -181,6 +212,7 @@ class NodeAgent:
             reconcile_interval_s=cfg.reconcile_interval_s,
             # raise the MPS ceilings BEFORE Allocate returns (the pod's process starts after)
             on_allocate=lambda _rec: self.update_ceilings(),
+            registry=self.metrics.registry,
         )
         if decisions is not None:
             decisions.held = self.gpu_plugin._held_containers
@@ -219,6 +251,31 @@ class NodeAgent:
         except Exception as e:
             self.problems.append(f"MPS: {e}")
             log.warning("MPS: %s", e)
+
+    def _observe(self, batch: list[dict[str, Any]]) -> None:
+        """Each telemetry batch -> the agent's Prometheus gauges (CONTRACTS §5)."""
+        for r in batch:
+            if r["kind"] != "gpu":
+                continue
+            u = r["gpu_uuid"]
+            self.metrics.gpu_healthy.labels(u).set(1.0 if self.gpu_healthy(u) else 0.0)
+            ratio = (r["sms_granted"] or 0) / r["sms_device"] if r.get("sms_device") else 0.0
+            self.metrics.occupancy.labels(u).set(min(1.0, ratio))
+            self.metrics.shimless.labels(u).set(len(r["shimless_pids"]))
+
+    def gpu_healthy(self, uuid: str) -> bool:
+        """The plugin's verdict where it runs here, else a probe."""
+        if self.gpu_plugin is not None:
+            return self.gpu_plugin.gpu_healthy(uuid)
+        try:
+            return bool(self.backend and self.backend.probe(uuid))
+        except Exception:
+            return False
+
+    def metrics_text(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.metrics.registry).decode()
 
     def update_ceilings(self) -> MpsCeilings | None:
         """Apply the MPS ceilings the allocations call for, when they changed (ceilings.py)."""

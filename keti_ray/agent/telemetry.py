@@ -218,9 +218,11 @@ class TelemetrySampler:
         partition: Callable[[], list[dict[str, Any]]] | None = None,
         interval_s: float = 1.0,
         proc: Path = Path("/proc"),
+        observers: list[Callable[[list[Record]], None]] | None = None,
     ) -> None:
         self.node = node
         self.proc = proc
+        self.observers = list(observers or [])  # see every batch (the agent's metrics)
         self.backend = backend
         self.gpus = list(gpus)
         self.sink = sink
@@ -302,6 +304,11 @@ class TelemetrySampler:
             )
         for st in statuses:
             out.append({"ts": now, "node": self.node, "kind": "shim", **st})
+        for observe in self.observers:
+            try:
+                observe(out)
+            except Exception:
+                log.exception("telemetry observer failed")
         return out
 
     def _loop(self) -> None:
@@ -414,3 +421,96 @@ class StoreSink:
     def flush(self) -> None:
         if self._store is not None:
             self._store.flush()
+
+
+class HttpSink:
+    """POSTs batches to the allocator (`keti-ray agent --standalone`): JSON
+    `{"node", "inventory", "records"}` with a bearer token, from a thread of its own.
+
+    The sampler never waits: batches queue in a bounded buffer (the oldest dropped, and
+    counted, when the allocator is away), and one that fails is kept for the next try.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        node: str,
+        inventory: list[dict[str, Any]] | None = None,
+        token: str | None = None,
+        max_batches: int = 120,
+        timeout_s: float = 3.0,
+        retry_s: float = 1.0,
+    ) -> None:
+        import collections
+
+        self.url = url
+        self.node = node
+        self.inventory = inventory or []
+        self.token = token
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.sent = 0
+        self.dropped = 0
+        self.failures = 0
+        self._queue: collections.deque[list[Record]] = collections.deque(maxlen=max_batches)
+        self._cv = threading.Condition()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="telemetry-push", daemon=True)
+        self._thread.start()
+
+    def put(self, records: list[Record]) -> None:
+        with self._cv:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped += 1
+            self._queue.append(records)
+            self._cv.notify()
+
+    def _post(self, records: list[Record]) -> None:
+        import urllib.request
+
+        body = json.dumps(
+            {"node": self.node, "inventory": self.inventory, "records": records}, default=str
+        ).encode()
+        req = urllib.request.Request(self.url, data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            if resp.status >= 300:
+                raise OSError(f"{self.url} answered {resp.status}")
+
+    def _loop(self) -> None:
+        while not self._halt.is_set():
+            with self._cv:
+                while not self._queue and not self._halt.is_set():
+                    self._cv.wait(0.5)
+                if self._halt.is_set():
+                    return
+                batch = self._queue[0]
+            try:
+                self._post(batch)
+            except Exception as e:  # allocator away: keep the batch, try again later
+                self.failures += 1
+                log.debug("telemetry push to %s failed: %s", self.url, e)
+                self._halt.wait(self.retry_s)
+                continue
+            with self._cv:
+                if self._queue and self._queue[0] is batch:
+                    self._queue.popleft()
+            self.sent += 1
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the queue is empty (True) or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cv:
+                if not self._queue:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self._halt.set()
+        with self._cv:
+            self._cv.notify_all()
+        self._thread.join(timeout=5)

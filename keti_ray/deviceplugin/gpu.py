@@ -113,6 +113,7 @@ class GpuPlugin(DevicePluginServer):
         pod_resources: PodResourcesClient | None = None,
         reconcile_interval_s: float = 30.0,
         mechanism: str | None = None,
+        registry: CollectorRegistry | None = None,
         **server_kw: object,
     ) -> None:
         super().__init__(plugin_dir, endpoint, **server_kw)
@@ -154,7 +155,8 @@ class GpuPlugin(DevicePluginServer):
         self.pod_resources = pod_resources
         self.reconcile_interval_s = reconcile_interval_s
         self._preferred: dict[frozenset[str], tuple[float, Decision]] = {}
-        self.registry = CollectorRegistry()  # per plugin: `--metrics-port` serves it
+        # per plugin unless given (the node agent's, so one /metrics serves both)
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.fallbacks = Counter()  # (call, reason) -> count, as the metric counts them
         self._m_fallback = MetricCounter(
             "keti_plugin_decision_fallbacks",

@@ -42,10 +42,13 @@ def cluster(plugin_dir):
     pods = ApiServerPods.from_environment(NODE, host=api_emu.url, token=TOKEN)
     pr = PodResourcesClient(plugin_dir / "pr" / "kubelet.sock")
     plugin = GpuPlugin(
-        backend, plugin_dir, status_host_dir=str(plugin_dir / "st"),
-        limits_host_dir=str(plugin_dir / "lim"), pod_resources=pr,
+        backend,
+        plugin_dir,
+        status_host_dir=str(plugin_dir / "st"),
+        limits_host_dir=str(plugin_dir / "lim"),
+        pod_resources=pr,
         decisions=DecisionFinder(NODE, pods.pods, lambda: set()),
-    )  # fmt: skip
+    )
     plugin.decisions.held = plugin._held_containers
     plugin.start()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 400, 5)
@@ -185,8 +188,10 @@ def test_an_annotation_naming_another_node_is_not_followed(cluster):
         },
     )
     admin.create_namespaced_pod_binding(
-        "stray", "default", {"metadata": {"name": "stray"}, "target": {"kind": "Node", "name": NODE}},
+        "stray",
+        "default",
+        {"metadata": {"name": "stray"}, "target": {"kind": "Node", "name": NODE}},
         _preload_content=False,
-    )  # fmt: skip
+    )
     kubelet.admit(R, 30, pod=("default", "stray"))
     assert plugin.fallbacks[("Allocate", "no-decision")] == 1
