@@ -20,16 +20,15 @@ from keti_ray.constants import (
     MPS_PIPE_DIR,
     SHIM_CONTAINER_PATH,
 )
-from keti_ray.shares import UNITS_PER_GPU, limit_pct
+from keti_ray.shares import limit_pct
 
 CONTAINER_STATUS_DIR = "/var/run/vai"
 
 
 def sm_pct_for_milli(gpu_milli: int) -> int:
-    """SM percent for a share of one GPU (keti_ray.shares' one rounding rule): 470 -> 47,
-    995 -> 99, 5 -> 1; only 1000 gives 100 (whole GPU, no cap)."""
-    pct = limit_pct(gpu_milli)
-    return UNITS_PER_GPU if pct is None else pct
+    """SM percent for a share of one GPU (`keti_ray.shares`' rounding rule; 100 = whole GPU):
+    470 milli -> 47, 995 -> 99 (capped: only 1000 is uncapped), 5 -> 5 (the minimum)."""
+    return limit_pct(gpu_milli) or GPU_UNITS_PER_DEVICE
 
 
 def gpu_pod_env(

@@ -52,7 +52,7 @@ from keti_ray.deviceplugin.server import HEALTHY, UNHEALTHY, DevicePluginServer,
 from keti_ray.deviceplugin.units import device_id, parse_device_id
 from keti_ray.podenv import CONTAINER_STATUS_DIR, gpu_pod_env
 from keti_ray.quantity import memory_mib
-from keti_ray.shares import device_sm_count, limit_pct, units_to_milli
+from keti_ray.shares import device_sm_count, limit_pct_for_units, served_milli, units_to_milli
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +468,13 @@ class GpuPlugin(DevicePluginServer):
                 f"pod {d.pod_key} container {d.container}: {ANN_ALLOCATION} names GPU(s) "
                 f"{unknown}, which this node does not have (it has {list(self._by_uuid)})",
             )
+        want_milli = served_milli(units_to_milli(size)) if size <= per else 1000
+        if d.milli != want_milli:
+            raise PluginError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"pod {d.pod_key} container {d.container}: {ANN_ALLOCATION} books "
+                f"{d.milli} milli but the container asks for {size} units ({want_milli} milli)",
+            )
         need = 1 if size <= per else size // per
         if len(d.gpus) != need:
             raise PluginError(
@@ -657,8 +664,9 @@ class GpuPlugin(DevicePluginServer):
         uuids = tuple(groups)
         gpu = self._by_uuid[uuids[0]]
         share_units = min(units, GPU_UNITS_PER_DEVICE)
-        bless = limit_pct(units_to_milli(share_units))  # None for a whole GPU
-        mem_mib = self._memory_mib_for(gpu, units)
+        bless = limit_pct_for_units(share_units)  # None for a whole GPU; 1-4 units serve as 5
+        served = bless if bless is not None else GPU_UNITS_PER_DEVICE
+        mem_mib = self._memory_mib_for(gpu, served if units <= GPU_UNITS_PER_DEVICE else units)
         sms = self._device_sms(gpu)
         alloc_id = uuidlib.uuid4().hex[:12]
         record = GpuAllocation(
@@ -680,7 +688,7 @@ class GpuPlugin(DevicePluginServer):
         # the same env the Serve allocator reports for a placement (keti_ray.podenv)
         envs = gpu_pod_env(
             uuids,
-            share_units,
+            served,
             memory_limit_mib=mem_mib,
             shim_path=SHIM_CONTAINER_PATH,
             mps_pipe_dir=MPS_PIPE_DIR,

@@ -17,6 +17,7 @@ from pathlib import Path
 from keti_ray.constants import (
     ENV_BLESS_LIMIT_PCT,
     ENV_VAI_DEVICE_SM_COUNT,
+    ENV_VAI_MECHANISM,
     ENV_VAI_MEMORY_LIMIT,
     SHIM_CONTAINER_PATH,
 )
@@ -24,7 +25,6 @@ from keti_ray.quantity import mib_text
 
 LIMITS_FILE = "limits"
 LD_SO_PRELOAD_FILE = "ld.so.preload"
-ENV_VAI_MECHANISM = "VAI_MECHANISM"  # CONTRACTS §2 key; optional
 MECHANISMS = ("mps", "green", "auto")
 
 

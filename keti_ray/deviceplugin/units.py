@@ -1,8 +1,6 @@
-"""GPU share units, milli, and the device-ID format of the GPU plugin.
+"""The device-ID format of the GPU plugin (one ID per `keti.re.kr/gpu-pct` unit).
 
-Two scales meet here and are kept apart on purpose: kubelet counts `keti.re.kr/gpu-pct`
-units (100 per GPU, one device ID per unit); the cluster model and allocators count milli
-(1000 per GPU).  Every crossing goes through keti_ray.shares (re-exported here).
+The unit/milli conversions are `keti_ray.shares`' (re-exported here for the plugin's callers).
 """
 
 from __future__ import annotations
@@ -10,12 +8,16 @@ from __future__ import annotations
 import re
 
 from keti_ray.constants import GPU_UNITS_PER_DEVICE
-from keti_ray.shares import (  # noqa: F401 (re-exported: the one conversion module)
-    MILLI_PER_GPU,
-    MILLI_PER_UNIT,
-    milli_to_units,
-    units_to_milli,
-)
+from keti_ray.shares import MILLI_PER_GPU, MILLI_PER_UNIT, milli_to_units, units_to_milli
+
+__all__ = [
+    "MILLI_PER_GPU",
+    "MILLI_PER_UNIT",
+    "device_id",
+    "milli_to_units",
+    "parse_device_id",
+    "units_to_milli",
+]
 
 MAX_DEVICE_ID_LEN = 63  # kubelet's limit on Device.ID
 

@@ -141,7 +141,13 @@ def test_standalone_agent_publishes_pushes_and_follows_decisions(env, short_tmp)
         assert ann["keti.re.kr/gpu-sm-count"] == "132"
 
         alloc = Allocation(
-            "gpu-a", "fgd", {"main": ContainerAllocation((uuids[1],), 400, 40, 52, "mps")}
+            node="gpu-a",
+            policy="fgd",
+            containers={
+                "main": ContainerAllocation(
+                    gpus=(uuids[1],), milli=400, sm_pct=40, sms=52, mechanism="mps"
+                )
+            },
         )
         admin.create_namespaced_pod(
             "default",

@@ -61,6 +61,13 @@ def cluster(plugin_dir):
     api_emu.stop()
 
 
+def share(gpus: list[str], units: int) -> ContainerAllocation:
+    """The decision for a container asking `units` (as the extender books it: CONTRACTS §3)."""
+    if units >= 100:
+        return ContainerAllocation(gpus=tuple(gpus), milli=1000, sm_pct=100, mechanism="exclusive")
+    return ContainerAllocation(gpus=tuple(gpus), milli=units * 10, sm_pct=units, mechanism="mps")
+
+
 def bind_pod(admin, name: str, containers: dict[str, int], decided: dict[str, list[str]] | None):
     """Create a pod asking `containers` units, annotate the decision, bind it to NODE (as the
     extender's bind does: annotation first, then pods/binding)."""
@@ -75,10 +82,7 @@ def bind_pod(admin, name: str, containers: dict[str, int], decided: dict[str, li
         alloc = Allocation(
             node=NODE,
             policy="fgd",
-            containers={
-                c: ContainerAllocation(tuple(g), containers[c] * 10, containers[c], None, "mps")
-                for c, g in decided.items()
-            },
+            containers={c: share(g, containers[c]) for c, g in decided.items()},
         )
         admin.patch_namespaced_pod(
             name,
@@ -175,9 +179,9 @@ def test_an_annotation_naming_another_node_is_not_followed(cluster):
                 "annotations": {
                     ANN_ALLOCATION: encode_allocation(
                         Allocation(
-                            "other-node",
-                            "fgd",
-                            {"main": ContainerAllocation((uuids[3],), 300, 30, None, "mps")},
+                            node="other-node",
+                            policy="fgd",
+                            containers={"main": share([uuids[3]], 30)},
                         )
                     )
                 },
@@ -195,3 +199,15 @@ def test_an_annotation_naming_another_node_is_not_followed(cluster):
     )
     kubelet.admit(R, 30, pod=("default", "stray"))
     assert plugin.fallbacks[("Allocate", "no-decision")] == 1
+
+
+def test_a_decision_for_another_share_is_refused(cluster):
+    _, admin, kubelet, plugin, uuids = cluster
+    bind_pod(admin, "odd", {"main": 30}, None)
+    alloc = Allocation(node=NODE, policy="fgd", containers={"main": share([uuids[1]], 40)})
+    admin.patch_namespaced_pod(
+        "odd", "default", {"metadata": {"annotations": {ANN_ALLOCATION: encode_allocation(alloc)}}}
+    )
+    with pytest.raises(AdmissionError, match="books 400 milli but the container asks for 30"):
+        kubelet.admit(R, 30, pod=("default", "odd"))
+    assert plugin.allocations == {}

@@ -33,6 +33,8 @@ def _limits(resp) -> dict[str, str]:
 
 
 def test_every_unit_value_maps_to_its_own_cap_and_only_100_is_uncapped(kubelet, make_gpu_plugin):
+    """CONTRACTS §1: a share is served in whole units, at least 5 (the minimum share); 100
+    units is the whole GPU, the only value without a cap."""
     plugin, _ = make_gpu_plugin(1, memory_limit="none")
     plugin.start()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 5)
@@ -44,8 +46,9 @@ def test_every_unit_value_maps_to_its_own_cap_and_only_100_is_uncapped(kubelet, 
             uncapped.append(units)
             assert ENV_BLESS_LIMIT_PCT not in lim
         else:
-            assert env[ENV_BLESS_LIMIT_PCT] == str(units), units
-            assert lim[ENV_BLESS_LIMIT_PCT] == str(units), units
+            want = str(max(5, units))
+            assert env[ENV_BLESS_LIMIT_PCT] == want, units
+            assert lim[ENV_BLESS_LIMIT_PCT] == want, units
         assert env[ENV_VAI_DEVICE_SM_COUNT] == lim[ENV_VAI_DEVICE_SM_COUNT] == "132"
         kubelet.release(R, ids)
     assert uncapped == [100]
