@@ -98,7 +98,7 @@ def plugin_gpu(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve keti.re.kr/gpu-pct (100 SM-percent units per GPU; $GPU_UUID limits the GPUs)."""
-    from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
+    from keti_ray.deviceplugin.decisions import ApiServerPods, watched_finder
     from keti_ray.deviceplugin.gpu import GpuPlugin, validate_memory_limit
     from keti_ray.deviceplugin.nvml import open_backend
     from keti_ray.deviceplugin.podresources import PodResourcesClient
@@ -119,7 +119,7 @@ def plugin_gpu(
     decisions = None
     if api:
         pods = ApiServerPods.from_environment(node_name, host=None if api == "incluster" else api)
-        decisions = DecisionFinder(node_name, pods.pods, lambda: set())
+        decisions, _watcher = watched_finder(node_name, pods)
     pr = PodResourcesClient(pod_resources_socket) if pod_resources_socket else None
     try:
         plugin = GpuPlugin(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -157,26 +158,155 @@ class ApiServerPods:
         self.api_client.close()
 
 
+class PodWatcher:
+    """This node's pods, kept by list-then-watch (the `kubernetes` client's watch), so a
+    lookup in Allocate's path costs no API call: a watch from the list's resourceVersion,
+    bookmarks, a relist on 410 Gone, backoff on errors.  `refresh()` is a fresh LIST, for a
+    lookup that found nothing (the watch may lag the binding that kubelet has already seen).
+    """
+
+    def __init__(self, source: ApiServerPods, watch_timeout_s: int = 300) -> None:
+        self.source = source
+        self.watch_timeout_s = watch_timeout_s
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._rv: str | None = None
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self.synced = threading.Event()
+        self.relists = 0
+        self.errors = 0
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _key(pod: dict[str, Any]) -> str:
+        m = pod.get("metadata") or {}
+        return m.get("uid") or f"{m.get('namespace')}/{m.get('name')}"
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """A fresh LIST replaces the cache; DecisionError when the API server is away."""
+        from kubernetes import client
+
+        try:
+            resp = client.CoreV1Api(self.source.api_client).list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.source.node}",
+                _preload_content=False,
+                _request_timeout=self.source.timeout_s,
+            )
+            body = json.loads(resp.data)
+        except Exception as e:
+            raise DecisionError(f"listing pods on {self.source.node} failed: {e}") from e
+        items = list(body.get("items") or [])
+        with self._lock:
+            self._pods = {self._key(p): p for p in items}
+            self._rv = (body.get("metadata") or {}).get("resourceVersion")
+        self.relists += 1
+        self.synced.set()
+        return items
+
+    def pods(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def _watch_once(self) -> None:
+        from kubernetes import client, watch
+
+        w = watch.Watch()
+        stream = w.stream(
+            client.CoreV1Api(self.source.api_client).list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={self.source.node}",
+            resource_version=self._rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout_s,
+            _preload_content=False,
+        )
+        try:
+            for ev in stream:
+                if self._halt.is_set():
+                    return
+                kind, obj = ev["type"], ev["raw_object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:  # the watch expired: relist
+                        self._rv = None
+                        return
+                    raise DecisionError(f"watch error: {obj.get('message')}")
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                with self._lock:
+                    if kind in ("ADDED", "MODIFIED"):
+                        self._pods[self._key(obj)] = obj
+                    elif kind == "DELETED":
+                        self._pods.pop(self._key(obj), None)
+                    if rv:
+                        self._rv = rv
+        finally:
+            w.stop()
+
+    def _loop(self) -> None:
+        backoff = 0.2
+        while not self._halt.is_set():
+            try:
+                if self._rv is None:
+                    self.refresh()
+                self._watch_once()
+                backoff = 0.2
+            except Exception as e:  # API server away or the stream broke: back off, relist
+                self.errors += 1
+                log.debug("pod watch on %s: %s", self.source.node, e)
+                self._rv = None
+                self._halt.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def start(self) -> PodWatcher:
+        self._thread = threading.Thread(target=self._loop, name="pod-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        # the stream ends at its timeout or the next event; the thread is a daemon
+
+
 class DecisionFinder:
-    """The decision for the container kubelet is admitting now, or None."""
+    """The decision for the container kubelet is admitting now, or None.
+
+    `list_pods` answers from a cache (PodWatcher.pods) or the API server; `refresh`, when
+    given, is asked once more before the answer is "no decision" (the cache may lag)."""
 
     def __init__(
         self,
         node: str,
         list_pods: Callable[[], list[dict[str, Any]]],
         held: Callable[[], set[tuple[str, str]]],
+        refresh: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.node = node
         self.list_pods = list_pods
         self.held = held  # (pod key, container) pairs that already hold devices
+        self.refresh = refresh
+        self.refreshes = 0
 
-    def find(self, units: int) -> Decision | None:
-        """The oldest not-yet-allocated container asking for `units`; DecisionError when the
-        API server cannot be asked."""
-        held = self.held()
-        for d in decisions_in(self.list_pods(), self.node):
+    def _pick(self, pods: list[dict[str, Any]], units: int, held) -> Decision | None:
+        for d in decisions_in(pods, self.node):
             if (d.pod_key, d.container) in held:
                 continue
             if d.units == units:
                 return d
         return None
+
+    def find(self, units: int) -> Decision | None:
+        """The oldest not-yet-allocated container asking for `units`; DecisionError when the
+        API server cannot be asked."""
+        held = self.held()
+        d = self._pick(self.list_pods(), units, held)
+        if d is None and self.refresh is not None:
+            self.refreshes += 1
+            d = self._pick(self.refresh(), units, held)
+        return d
+
+
+def watched_finder(
+    node: str, source: ApiServerPods, wait_sync_s: float = 5.0
+) -> tuple[DecisionFinder, PodWatcher]:
+    """A DecisionFinder on a started PodWatcher (falls back to a LIST on a miss)."""
+    watcher = PodWatcher(source).start()
+    watcher.synced.wait(wait_sync_s)
+    return DecisionFinder(node, watcher.pods, lambda: set(), refresh=watcher.refresh), watcher
