@@ -95,12 +95,28 @@ def _start_plugin(tmp: Path, gpus: int, in_process: bool, apiserver: str | None)
             *("plugin", "gpu", "--simulate", str(gpus), "--plugin-dir", str(tmp)),
             *("--status-dir", str(tmp / "st"), "--limits-dir", str(tmp / "lim")),
             *("--apiserver", apiserver or "none", "--log-level", "error"),
+            *("--metrics-port", "0"),
         ],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
     first = json.loads(proc.stdout.readline() or "{}")
+    port = first.get("metrics_port")
+
+    def counters() -> dict[str, float]:
+        """The plugin's decision counters, from its /metrics."""
+        import urllib.request
+
+        if not port:
+            return {}
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        out = {}
+        for line in text.decode().splitlines():
+            if line.startswith("keti_plugin_") and "_total" in line:
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
 
     def stop() -> None:
         proc.terminate()
@@ -110,6 +126,7 @@ def _start_plugin(tmp: Path, gpus: int, in_process: bool, apiserver: str | None)
             proc.kill()
             proc.wait()
 
+    stop.counters = counters
     return first.get("chooser", "?"), stop
 
 
@@ -236,6 +253,7 @@ def run(
             while len(taken) > 70 * gpus and live:  # keep the node 30-70 % full
                 release_oldest()
         pref, alloc = _stats(pref_t), _stats(alloc_t)
+        counters = getattr(stop_plugin, "counters", dict)()
         return {
             "benchmark": "plugin_latency",
             "mode": mode,
@@ -247,6 +265,7 @@ def run(
             if in_process
             else "separate process (keti-ray plugin gpu)",
             "request_sizes": list(SIZES),
+            "plugin_counters": counters,
             "get_preferred_allocation": pref,
             "allocate": alloc,
             "target_p99_ms": TARGET_P99_MS,

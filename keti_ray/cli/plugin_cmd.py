@@ -92,6 +92,9 @@ def plugin_gpu(
     pod_resources_socket: Annotated[
         str | None, typer.Option(help="kubelet's PodResources socket; reconcile records from it")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve the plugin's /metrics on this port (0: any free)")
+    ] = None,
     run_for: Annotated[
         float | None, typer.Option(help="stop after this many seconds (tests)")
     ] = None,
@@ -140,6 +143,11 @@ def plugin_gpu(
     if decisions is not None:
         decisions.held = plugin._held_containers
     plugin.start()
+    metrics = None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        metrics, _ = start_http_server(metrics_port, registry=plugin.registry)
     typer.echo(
         json.dumps(
             {
@@ -148,6 +156,7 @@ def plugin_gpu(
                 "gpus": [g.uuid for g in plugin.gpus],
                 "simulated": backend.simulated,
                 "chooser": plugin.chooser_name,
+                "metrics_port": metrics.server_port if metrics else None,
             }
         )
     )

@@ -57,11 +57,16 @@ def _units(container: dict[str, Any]) -> int:
     return int(parse_quantity(value)) if value is not None else 0
 
 
-def decisions_in(pods: Iterable[dict[str, Any]], node: str) -> list[Decision]:
+def decisions_in(
+    pods: Iterable[dict[str, Any]],
+    node: str,
+    memo: dict[tuple[str, str], list[Decision]] | None = None,
+) -> list[Decision]:
     """Every GPU container of the Pending pods on `node` that carries a decision, oldest first.
 
     A pod whose annotation cannot be decoded, or names another node, is logged and skipped
-    (it gets the fallback, which is counted)."""
+    (it gets the fallback, which is counted).  `memo` keeps each pod version's decisions
+    (by uid and resourceVersion), so a lookup decodes only pods that changed."""
     out = []
     for pod in pods:
         meta = pod.get("metadata") or {}
@@ -73,36 +78,52 @@ def decisions_in(pods: Iterable[dict[str, Any]], node: str) -> list[Decision]:
         text = (meta.get("annotations") or {}).get(ANN_ALLOCATION)
         if text is None:
             continue
-        key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-        try:
-            alloc = decode_allocation(text)
-        except ValueError as e:
-            log.warning("pod %s: %s annotation ignored: %s", key, ANN_ALLOCATION, e)
+        version = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
+        if memo is not None and version[0] and version in memo:
+            out.extend(memo[version])
             continue
-        if alloc.node != node:
-            log.warning(
-                "pod %s is bound to %s but its decision names node %s", key, node, alloc.node
-            )
-            continue
-        for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
-            units = _units(c)
-            ca = alloc.containers.get(c.get("name", ""))
-            if units <= 0 or ca is None:
-                continue
-            out.append(
-                Decision(
-                    namespace=meta.get("namespace", "default"),
-                    pod=meta.get("name", ""),
-                    uid=meta.get("uid", ""),
-                    container=c["name"],
-                    units=units,
-                    gpus=tuple(ca.gpus),
-                    milli=int(ca.milli),
-                    created=str(meta.get("creationTimestamp") or ""),
-                )
-            )
+        found = _pod_decisions(meta, spec, text, node)
+        if memo is not None and version[0]:
+            if len(memo) > 4096:
+                memo.clear()
+            memo[version] = found
+        out.extend(found)
     # stable: the containers of one pod keep their order (kubelet allocates them in order)
     return sorted(out, key=lambda d: (d.created, d.namespace, d.pod))
+
+
+def _pod_decisions(
+    meta: dict[str, Any], spec: dict[str, Any], text: str, node: str
+) -> list[Decision]:
+    """One pod's decisions, per GPU container (init containers first, as kubelet runs them)."""
+    key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+    try:
+        alloc = decode_allocation(text)
+    except ValueError as e:
+        log.warning("pod %s: %s annotation ignored: %s", key, ANN_ALLOCATION, e)
+        return []
+    if alloc.node != node:
+        log.warning("pod %s is bound to %s but its decision names node %s", key, node, alloc.node)
+        return []
+    out: list[Decision] = []
+    for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        units = _units(c)
+        ca = alloc.containers.get(c.get("name", ""))
+        if units <= 0 or ca is None:
+            continue
+        out.append(
+            Decision(
+                namespace=meta.get("namespace", "default"),
+                pod=meta.get("name", ""),
+                uid=meta.get("uid", ""),
+                container=c["name"],
+                units=units,
+                gpus=tuple(ca.gpus),
+                milli=int(ca.milli),
+                created=str(meta.get("creationTimestamp") or ""),
+            )
+        )
+    return out
 
 
 def api_client(host: str | None = None, token: str | None = None) -> Any:
@@ -283,9 +304,10 @@ class DecisionFinder:
         self.held = held  # (pod key, container) pairs that already hold devices
         self.refresh = refresh
         self.refreshes = 0
+        self._memo: dict[tuple[str, str], list[Decision]] = {}
 
     def _pick(self, pods: list[dict[str, Any]], units: int, held) -> Decision | None:
-        for d in decisions_in(pods, self.node):
+        for d in decisions_in(pods, self.node, self._memo):
             if (d.pod_key, d.container) in held:
                 continue
             if d.units == units:
