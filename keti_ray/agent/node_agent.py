@@ -327,7 +327,14 @@ class NodeAgent:
             "simulated": bool(self.backend is not None and self.backend.simulated),
             "chooser": self.chooser_name,
             "plugins": plugins,
+            "gpu_health": self.gpu_plugin.health_state() if self.gpu_plugin else None,
+            "decision_fallbacks": (
+                {f"{c}/{r}": n for (c, r), n in self.gpu_plugin.fallbacks.items()}
+                if self.gpu_plugin
+                else None
+            ),
             "mps": asdict(self.mps.status()) if self.mps else None,
+            "mps_ceilings": asdict(self.ceilings) if self.ceilings else None,
             "telemetry": {"samples": self.sampler.samples, "errors": self.sampler.errors},
             "problems": list(self.problems),
         }

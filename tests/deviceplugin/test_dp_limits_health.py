@@ -134,6 +134,13 @@ def test_pod_resources_emulator_lists_allocations_and_healthy_allocatable(plugin
         ids, _ = k.admit(R, 30, pod=("ns1", "p1"), container="c")
         (h,) = client.holdings(R)
         assert (h.pod_key, h.container, h.device_ids) == ("ns1/p1", "c", frozenset(ids))
+        from keti_ray.deviceplugin._gen import podresources_pb2 as prpb
+
+        one = client._stub().Get(prpb.GetPodResourcesRequest(pod_name="p1", pod_namespace="ns1"))
+        assert sorted(one.pod_resources.containers[0].devices[0].device_ids) == sorted(ids)
+        with pytest.raises(grpc.RpcError) as err:
+            client._stub().Get(prpb.GetPodResourcesRequest(pod_name="nope", pod_namespace="ns1"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert len(client.allocatable(R)) == 200
         backend.fail(backend.discover()[1].uuid, xid=79)
         assert k.wait_for(lambda k: k.capacity(R) == 100, 1.0)
