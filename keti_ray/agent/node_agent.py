@@ -378,7 +378,7 @@ class NodeAgent:
                 a.device_sms or sms_of.get(a.gpu_uuids[0]),
             )
             mech = Mechanism.GREEN if any("green" in m for m in reported) else Mechanism.MPS
-            booked_pct = min(a.units, GPU_UNITS_PER_DEVICE) if a.bless_limit_pct else None
+            booked_pct = a.bless_limit_pct  # the served share (1-4 units serve as 5%)
             if reported:
                 mechanism = ",".join(reported)
             elif a.units >= GPU_UNITS_PER_DEVICE:
