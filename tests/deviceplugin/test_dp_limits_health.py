@@ -33,8 +33,9 @@ def _limits(resp) -> dict[str, str]:
 
 
 def test_every_unit_value_maps_to_its_own_cap_and_only_100_is_uncapped(kubelet, make_gpu_plugin):
-    """CONTRACTS §1: a share is served in whole units, at least 5 (the minimum share); 100
-    units is the whole GPU, the only value without a cap."""
+    """CONTRACTS §1: a share is served in whole units, at least the GPU's smallest share (MPS
+    never grants fewer than 8 SMs: 7% of the simulated GPU's 132); 100 units is the whole GPU,
+    the only value without a cap."""
     plugin, _ = make_gpu_plugin(1, memory_limit="none")
     plugin.start()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 5)
@@ -46,7 +47,7 @@ def test_every_unit_value_maps_to_its_own_cap_and_only_100_is_uncapped(kubelet, 
             uncapped.append(units)
             assert ENV_BLESS_LIMIT_PCT not in lim
         else:
-            want = str(max(5, units))
+            want = str(max(7, units))
             assert env[ENV_BLESS_LIMIT_PCT] == want, units
             assert lim[ENV_BLESS_LIMIT_PCT] == want, units
         assert env[ENV_VAI_DEVICE_SM_COUNT] == lim[ENV_VAI_DEVICE_SM_COUNT] == "132"
