@@ -78,22 +78,39 @@ def _check_id(allocation_id: str) -> None:
 
 
 def write(limits_dir: Path, allocation_id: str, limits: Limits) -> Path:
-    """Write `<limits_dir>/<allocation_id>/limits` (write, then rename); return its path."""
+    """Write `<limits_dir>/<allocation_id>/limits`, read-only; return its path.
+
+    The allocation ID is new and kubelet mounts the file only after Allocate returns, so no
+    reader can see it half-written: it is created once (O_EXCL), in mode 0444, not renamed
+    into place (Allocate's latency is mostly these file system calls)."""
     _check_id(allocation_id)
     d = Path(limits_dir) / allocation_id
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(d)
+    except FileNotFoundError:
+        d.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass
     path = d / LIMITS_FILE
-    tmp = d / f".{LIMITS_FILE}.tmp"
-    tmp.write_text(limits.text(allocation_id))
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        os.write(fd, limits.text(allocation_id).encode())
+    finally:
+        os.close(fd)
     return path
 
 
 def remove(limits_dir: Path, allocation_id: str) -> None:
     """Drop an ended allocation's limits directory."""
     _check_id(allocation_id)
-    shutil.rmtree(Path(limits_dir) / allocation_id, ignore_errors=True)
+    d = Path(limits_dir) / allocation_id
+    try:
+        os.unlink(d / LIMITS_FILE)
+        os.rmdir(d)
+    except FileNotFoundError:
+        return
+    except OSError:  # something else in there: take it all
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def existing(limits_dir: Path) -> set[str]:
