@@ -79,9 +79,9 @@ class MpsDaemon:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # device ordinals = NVML indices
         return env
 
-    def ask(self, command: str) -> str:
+    def ask(self, command: str, timeout_s: float | None = None) -> str:
         """One command's printed answer; MpsError when the daemon does not answer."""
-        proc = self.control(command)
+        proc = self.control(command, timeout_s=timeout_s)
         if proc.returncode != 0:
             raise MpsError(f"'{command}': {(proc.stdout + proc.stderr).strip()}")
         return proc.stdout.strip()
@@ -90,12 +90,16 @@ class MpsDaemon:
         """PIDs of the running MPS server instances (`get_server_list`)."""
         return sorted(int(w) for w in self.ask("get_server_list").split() if w.isdigit())
 
-    def apply_ceilings(self, ceilings: MpsCeilings) -> dict[str, object]:
+    def apply_ceilings(
+        self, ceilings: MpsCeilings, timeout_s: float | None = None
+    ) -> dict[str, object]:
         """Set the ceilings as defaults and on every running server, then read each back
         (three control sessions: servers, sets, gets); MpsError naming what did not take."""
         pct = f"{ceilings.thread_pct}"
         pinned = sorted(ceilings.pinned_mib.items())
-        servers = self.servers()
+        servers = sorted(
+            int(w) for w in self.ask("get_server_list", timeout_s).split() if w.isdigit()
+        )
         pairs = [
             (f"set_default_active_thread_percentage {pct}",
              "get_default_active_thread_percentage", pct),
@@ -114,8 +118,8 @@ class MpsDaemon:
                  f"get_device_pinned_mem_limit {pid} {dev}", f"{mib}M")
                 for dev, mib in pinned
             ]  # fmt: skip
-        said = self.ask("\n".join(p[0] for p in pairs))
-        got = self.ask("\n".join(p[1] for p in pairs)).splitlines()
+        said = self.ask("\n".join(p[0] for p in pairs), timeout_s)
+        got = self.ask("\n".join(p[1] for p in pairs), timeout_s).splitlines()
         if len(got) != len(pairs):
             raise MpsError(
                 f"MPS daemon answered {len(got)} of {len(pairs)} queries: {got} {said!r}"

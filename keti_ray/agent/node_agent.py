@@ -44,6 +44,8 @@ from keti_ray.shares import Mechanism, device_sm_count, granted_sms
 
 log = logging.getLogger(__name__)
 
+ALLOCATE_MPS_TIMEOUT_S = 2.0  # the longest Allocate waits for the MPS daemon
+
 
 @dataclass
 class AgentConfig:
@@ -211,7 +213,7 @@ class NodeAgent:
             pod_resources=pod_resources,
             reconcile_interval_s=cfg.reconcile_interval_s,
             # raise the MPS ceilings BEFORE Allocate returns (the pod's process starts after)
-            on_allocate=lambda _rec: self.update_ceilings(),
+            on_allocate=lambda _rec: self.update_ceilings(timeout_s=ALLOCATE_MPS_TIMEOUT_S),
             registry=self.metrics.registry,
         )
         if decisions is not None:
@@ -278,8 +280,10 @@ class NodeAgent:
 
         return generate_latest(self.metrics.registry).decode()
 
-    def update_ceilings(self) -> MpsCeilings | None:
-        """Apply the MPS ceilings the allocations call for, when they changed (ceilings.py)."""
+    def update_ceilings(self, timeout_s: float | None = None) -> MpsCeilings | None:
+        """Apply the MPS ceilings the allocations call for, when they changed (ceilings.py).
+        Inside Allocate the daemon gets `ALLOCATE_MPS_TIMEOUT_S`: a hung daemon must not hold
+        kubelet's admission (the shim's env still caps the pod)."""
         if self.mps is None or not self.config.mps_ceilings or not self.mps.available():
             return None
         want = ceilings_for(self.allocations().values(), self.gpus)
@@ -287,7 +291,7 @@ class NodeAgent:
             if want == self.ceilings:
                 return want
             try:
-                self.mps.apply_ceilings(want)
+                self.mps.apply_ceilings(want, timeout_s)
             except Exception as e:  # an unreachable daemon: the shim's env still caps clients
                 log.warning("MPS ceilings not applied: %s", e)
                 return None

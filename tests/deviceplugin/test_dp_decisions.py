@@ -241,3 +241,50 @@ def test_the_decided_share_is_served_as_booked(cluster):
     assert _gpus(ids) == {uuids[2]} and resp.envs["BLESS_LIMIT_PCT"] == "20"
     limits = next(m.host_path for m in resp.mounts if m.container_path == "/etc/vai/limits")
     assert "BLESS_LIMIT_PCT=20\n" in Path(limits).read_text()
+
+
+def test_pod_watch_relists_after_410_and_sees_later_pods():
+    """The plugin's pod cache: a watch started from a resourceVersion the API server has
+    compacted away is answered 410 Gone; the watcher drops its version, relists, keeps up."""
+    import time
+
+    from kubernetes.client.rest import ApiException
+
+    from keti_ray.deviceplugin.decisions import PodWatcher
+
+    api_emu = ApiServerEmulator(bookmark_interval_s=0.2).start()
+    cfg = client.Configuration()
+    cfg.host = api_emu.url
+    admin = client.CoreV1Api(client.ApiClient(cfg))
+    source = ApiServerPods.from_environment(NODE, host=api_emu.url)
+    watcher = PodWatcher(source, watch_timeout_s=1)
+    try:
+        bind_pod(admin, "early", {"main": 10}, None)
+        watcher.refresh()
+        assert [p["metadata"]["name"] for p in watcher.pods()] == ["early"]
+        bind_pod(admin, "missed", {"main": 10}, None)
+        api_emu.compact()  # the watcher's version is now older than the history
+        try:
+            watcher._watch_once()  # one watch from the listed version
+        except ApiException as e:  # the client may raise the 410 instead of yielding it
+            assert e.status == 410
+            watcher._rv = None
+        assert watcher._rv is None  # it knows to relist
+        watcher.start()
+        bind_pod(admin, "late", {"main": 10}, None)
+        deadline = time.monotonic() + 5
+        names: set[str] = set()
+        while names != {"early", "missed", "late"} and time.monotonic() < deadline:
+            names = {p["metadata"]["name"] for p in watcher.pods()}
+            time.sleep(0.05)
+        assert names == {"early", "missed", "late"} and watcher.relists >= 2
+        admin.delete_namespaced_pod("early", "default", grace_period_seconds=0)
+        deadline = time.monotonic() + 5
+        while "early" in names and time.monotonic() < deadline:
+            names = {p["metadata"]["name"] for p in watcher.pods()}
+            time.sleep(0.05)
+        assert names == {"missed", "late"}
+    finally:
+        watcher.stop()
+        source.close()
+        api_emu.stop()
