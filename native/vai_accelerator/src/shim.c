@@ -1285,8 +1285,10 @@ static int pool_index(CUmemoryPool p) {
   return idx;
 }
 
-/* Re-reads every pool's reservation and sets the excess over its live allocations. */
-static void refresh_pools(void) {
+/* Re-reads every pool's reservation and sets the excess over its live allocations. An allocation
+ * of n bytes about to be served by pool number `from` will use that pool's spare first: so much
+ * of the spare is not counted twice. */
+static void refresh_pools_for(int from, unsigned long long n) {
   if (!vai_cfg.memory_limit || !real.cuMemPoolGetAttribute) return;
   unsigned long long excess = 0;
   pthread_mutex_lock(&pool_mu);
@@ -1296,11 +1298,17 @@ static void refresh_pools(void) {
         real.cuMemPoolGetAttribute(pools[i].pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &v) == CUDA_SUCCESS)
       pools[i].reserved = v;
     unsigned long long live = vai_mem_pool_live(i);
-    if (pools[i].pool && pools[i].reserved > live) excess += pools[i].reserved - live;
+    if (pools[i].pool && pools[i].reserved > live) {
+      unsigned long long spare = pools[i].reserved - live;
+      if (i == from) spare -= spare < n ? spare : n;
+      excess += spare;
+    }
   }
   pthread_mutex_unlock(&pool_mu);
   vai_mem_set_pool_excess(excess);
 }
+
+static void refresh_pools(void) { refresh_pools_for(-1, 0); }
 
 /* Gives back what the pools hold beyond their live allocations (when the quota needs it). */
 static void trim_pools(void) {
@@ -1314,8 +1322,9 @@ static void trim_pools(void) {
 
 /* Reserve n bytes against the quota, making room first where the process itself holds some:
  * executed stream-ordered frees, then pools' spare reservations, then waiting for pending frees. */
-static int reserve(unsigned long long n) {
+static int reserve_from(unsigned long long n, int pool) {
   if (n_pending) settle_frees(0, 0);
+  if (n_pools) refresh_pools_for(pool, n); /* pools change what they hold at every sync */
   if (vai_mem_reserve(n) == 0) return 0;
   if (n_pools) {
     trim_pools();
@@ -1323,6 +1332,7 @@ static int reserve(unsigned long long n) {
   }
   while (n_pending) {
     settle_frees(1, n);
+    if (n_pools) refresh_pools_for(pool, n);
     if (vai_mem_reserve(n) == 0) return 0;
     if (n_pools) trim_pools();
     if (vai_mem_reserve(n) == 0) return 0;
@@ -1331,11 +1341,13 @@ static int reserve(unsigned long long n) {
   return -1;
 }
 
+static int reserve(unsigned long long n) { return reserve_from(n, -1); }
+
 /* Reserve, call, then commit or give back: the quota is checked before the driver is asked. */
 #define ALLOC_BODY(call, dptr, bytes, pool)                                                       \
   do {                                                                                            \
     unsigned long long n_ = (bytes);                                                              \
-    if (reserve(n_) != 0) return CUDA_ERROR_OUT_OF_MEMORY;                                        \
+    if (reserve_from(n_, (pool)) != 0) return CUDA_ERROR_OUT_OF_MEMORY;                           \
     CUresult r_ = (call);                                                                         \
     if (r_ == CUDA_SUCCESS && (dptr)) {                                                           \
       vai_mem_commit_pool(VAI_MEM_PTR, *(dptr), n_, current_device(), (pool));                    \
@@ -1566,6 +1578,7 @@ static void quota_info(unsigned long long *free_b, unsigned long long *total_b) 
   unsigned long long lim = vai_cfg.memory_limit;
   if (!lim) return;
   if (n_pending) settle_frees(0, 0);
+  if (n_pools) refresh_pools();
   unsigned long long used = 0;
   vai_mem_stats(&used, NULL);
   unsigned long long left = used < lim ? lim - used : 0;
