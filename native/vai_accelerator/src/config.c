@@ -266,7 +266,7 @@ VAI_HIDDEN void vai_config_load(vai_config *c) { vai_config_load_from(c, VAI_LIM
 VAI_HIDDEN unsigned vai_mps_sms(int pct, unsigned total) {
   if (pct >= 100) return total;
   unsigned n = (unsigned)((unsigned long long)(pct < 1 ? 1 : pct) * total / 100) & ~1u;
-  if (n < 2) n = 2;
+  if (n < VAI_MPS_MIN_SMS) n = VAI_MPS_MIN_SMS;
   if (n > total) n = total;
   return n;
 }

@@ -70,8 +70,10 @@ VAI_HIDDEN unsigned vai_sms_for_pct(int pct, unsigned total);
  * granule (min_part), at most total. Rounding down never hands a pod more than its share. */
 VAI_HIDDEN unsigned vai_green_sms(int pct, unsigned total, unsigned granule, unsigned min_part);
 
-/* MPS: the SMs a client at pct gets on a device of total SMs, as measured on an H200: the exact
- * share rounded down to an even count (TPC pairs), at least 2. */
+/* MPS: the SMs a client at pct gets on a device of total SMs, as measured on an H200 for every
+ * share 1-99% (RESULTS.md): the exact share rounded down to an even count (TPC pairs), and never
+ * fewer than 8 (1-7% all get 8). */
+#define VAI_MPS_MIN_SMS 8u
 VAI_HIDDEN unsigned vai_mps_sms(int pct, unsigned total);
 /* Cores per SM of a compute capability (for NVML's core count); 0 = unknown. */
 VAI_HIDDEN unsigned vai_cores_per_sm(int major, int minor);

@@ -4,7 +4,7 @@
  * (shared/docs/sm-partitioning.md, RESULTS.md): exec affinity only under MPS (else
  * CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY), affinity rounded up to an even count and, at or above
  * an MPS client's share, escaping it (the whole GPU), an MPS client
- * with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=p seeing floor-to-even(p% of the SMs), green contexts
+ * with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=p seeing floor-to-even(p% of the SMs), at least 8, green contexts
  * splitting SMs in steps of 8, a per-thread context stack, and cuGetProcAddress resolving a base
  * name + CUDA version + stream flag to an ABI variant (cudaTypedefs.h). It records every call.
  *
@@ -89,8 +89,8 @@ static __thread int depth;
 static unsigned visible_sms(void) {
   /* An MPS client with an active thread percentage sees that share, rounded down to even. */
   if (mps && !mps_escape && mps_pct_seen > 0 && mps_pct_seen < 100) {
-    unsigned v = (unsigned)(mps_pct_seen * n_sms / 100);
-    return v & ~1u;
+    unsigned v = (unsigned)(mps_pct_seen * n_sms / 100) & ~1u;
+    return v < 8 ? 8 : v; /* measured on an H200: even counts, never fewer than 8 */
   }
   return (unsigned)n_sms;
 }

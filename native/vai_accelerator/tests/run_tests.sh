@@ -138,6 +138,8 @@ t callers-device 0 BLESS_LIMIT_PCT=50 VAI_SM_ATTRIBUTE=device "$CD" EXPECT_SHARE
 t callers-mps-device 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_SM_ATTRIBUTE=device VAI_DEVICE_SM_COUNT=132 \
   "$CD" EXPECT_SHARE=132 EXPECT_BLAS=132 "$C" callers
 t callers-uncapped 0 "$CD" EXPECT_SHARE=132 EXPECT_BLAS=132 "$C" callers
+# MPS never gives fewer than 8 SMs (measured 1-7% -> 8): that is the share there, not an escape.
+t "mps[3%]-floor" 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=3 VAI_DEVICE_SM_COUNT=132 EXPECT_SMS=8 "$C" mps
 
 # ---- MPS: read back the SMs granted; fail closed above the share ----
 t mps-escape-fails-closed 0 FAKE_CUDA_MPS=1 FAKE_CUDA_MPS_ESCAPE=1 BLESS_LIMIT_PCT=25 VAI_DEVICE_SM_COUNT=132 \
