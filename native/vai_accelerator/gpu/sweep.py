@@ -368,6 +368,21 @@ def sec_gemm(mps: bool, workers: int) -> dict:
     return {"rows": rows, "alone": alone, "workers": workers}
 
 
+def sec_repro() -> dict:
+    """The same share twice, one process at a time: are the products bitwise reproducible across
+    processes at all (the baseline for the concurrent-vs-alone comparison)?"""
+    record_cmd(
+        "mps_repro", "BLESS_LIMIT_PCT=p gemm_check.py check twice, one at a time, p in 40 75"
+    )
+    rows = []
+    for p in (40, 75):
+        for i in (1, 2):
+            r = run(gemm_cmd(), shim_env(p, True), timeout=240, label=f"repro/{p}/{i}")
+            r.update(pct=p, attr="auto", round=i)
+            rows.append(r)
+    return {"rows": rows}
+
+
 def sec_perf(mps: bool) -> dict:
     record_cmd(
         "mps_perf",
@@ -426,7 +441,7 @@ def sec_launch(mps: bool) -> dict:
         "shim BLESS_LIMIT_PCT=50",
     )
     rows = []
-    for rnd in range(5):
+    for rnd in range(int(os.environ.get("SWEEP_LAUNCH_ROUNDS", "5"))):
         for setting in ("noshim", "shim50"):
             env = base_env(mps) if setting == "noshim" else shim_env(50, mps)
             env["VAI_WL_LAUNCHES"] = "100000"
@@ -531,6 +546,7 @@ SECTIONS = {
     "mps_census": lambda: sec_census(True),
     "mps_gemm": lambda: sec_gemm(True, int(os.environ.get("SWEEP_WORKERS", "8"))),
     "mps_perf": lambda: sec_perf(True),
+    "mps_repro": sec_repro,
     "mps_pair": sec_pair,
     "mps_launch": lambda: sec_launch(True),
     "mps_preload": lambda: sec_preload(True),
@@ -549,6 +565,7 @@ COST = {
     "mps_census": 70,
     "mps_gemm": 130,
     "mps_perf": 75,
+    "mps_repro": 30,
     "mps_pair": 25,
     "mps_launch": 45,
     "mps_preload": 35,
