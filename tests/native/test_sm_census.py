@@ -38,9 +38,4 @@ def test_measured_census_matches_shares_granted_sms(section: str, mechanism: str
         want = shares.granted_sms(row["pct"], device, shares.Mechanism(mechanism))
         if not (r.get("census") == st.get("sms_granted") == want):
             mismatches.append((row["pct"], r.get("census"), st.get("sms_granted"), want))
-    floor_only = [m for m in mismatches if m[1] == m[2] == 8 and m[3] < 8]
-    if mechanism == "mps" and mismatches and mismatches == floor_only:
-        # Measured: an MPS client never gets fewer than 8 SMs (1-7% -> 8 on the H200), while
-        # shares.granted_sms floors MPS at 2. Reported to the lead; passes once shares.py agrees.
-        pytest.xfail(f"shares.granted_sms MPS floor is below the measured 8 SMs: {floor_only}")
     assert not mismatches, f"(pct, census, shim granted, shares.granted_sms): {mismatches}"
