@@ -141,6 +141,11 @@ t callers-uncapped 0 "$CD" EXPECT_SHARE=132 EXPECT_BLAS=132 "$C" callers
 # MPS never gives fewer than 8 SMs (measured 1-7% -> 8): that is the share there, not an escape.
 t "mps[3%]-floor" 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=3 VAI_DEVICE_SM_COUNT=132 EXPECT_SMS=8 "$C" mps
 
+# A stripped program with "cuBLAS" linked in statically: told the device's count (as a whole).
+t static-blas-program 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_DEVICE_SM_COUNT=132 "$B/test_static_blas"
+if grep -qx "told 132" "$TMP/out"; then pass=$((pass + 1)); echo "PASS static-blas-program-told-132"
+else fail=$((fail + 1)); echo "FAIL static-blas-program-told-132: $(cat "$TMP/out")"; fi
+
 # ---- MPS: read back the SMs granted; fail closed above the share ----
 t mps-escape-fails-closed 0 FAKE_CUDA_MPS=1 FAKE_CUDA_MPS_ESCAPE=1 BLESS_LIMIT_PCT=25 VAI_DEVICE_SM_COUNT=132 \
   EXPECT_RC=800 "$C" failed
