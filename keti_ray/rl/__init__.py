@@ -1,8 +1,10 @@
-"""The learned allocator: a candidate-placement environment, a masked candidate-scoring
-RLModule, behaviour cloning of FGD followed by RLlib PPO, and verified checkpoints.
+"""The learned allocator: candidate placements and features read from the live cluster state,
+a candidate-scoring network (plain torch) and its RLlib RLModule, a rollout teacher to distil,
+behaviour cloning followed by RLlib PPO, and pickle-free checkpoints.
 
 Modules: `candidates` (candidate placements + features; FGD's choice is always slot 0),
-`env` (gymnasium environment `keti-ray-alloc-v0`), `module` (torch RLModule), `train`
-(BC + PPO + evaluation vs FGD), `config` (rllib_configs/*.yaml), `checkpoint` (SHA-256
-manifests), `policy` (the Allocator that `--policy ppo[:PATH]` loads).
+`env` (gymnasium environment `keti-ray-alloc-v0`), `scorer` (the network), `module` (RLModule),
+`teacher` (FGD rollouts over sampled or real futures, for labels), `train` (BC + PPO +
+evaluation vs FGD), `config` (rllib_configs/*.yaml), `checkpoint` (safetensors + config.json +
+SHA-256 manifest), `policy` (the Allocator that `--policy ppo[:PATH]` loads), `retrain`.
 """
