@@ -722,6 +722,13 @@ class AllocationService:
             }
         )
 
+    def push_events(self, timeout_s: float = 10.0) -> int:
+        """Wait until the telemetry writer has logged every queued event; rows written."""
+        if self.events is None:
+            return 0
+        self.events.drain(timeout_s)
+        return self.events.written
+
     def close(self) -> None:
         self.policies.stop()
         if self.events is not None:
