@@ -243,5 +243,6 @@ def test_sigkill_of_the_whole_service(tmp_path):
                 check(base, stream, final=False)
         check(base, stream, final=True)
         assert stream.retried > 0
+        print(f"whole service: {len(stream.acked)} acknowledged, {stream.retried} retries")
     finally:
         kill_session(proc)
