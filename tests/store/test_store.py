@@ -378,3 +378,19 @@ def test_bind_restricts_the_choice_to_the_node(tmp_path):
     assert d.node == "sim-node-02"
     with pytest.raises(NoFit, match="node 'sim-node-02' can host"):
         service.allocate(pod("ml/y", num=4, milli=1000), node="sim-node-02")
+
+
+@pytest.mark.parametrize("flag", ["--state", "--journal"])
+def test_keti_ray_up_stops_on_an_unreadable_store_naming_it(tmp_path, flag):
+    bad = tmp_path / "state.db"
+    bad.write_bytes(b"SQLite format 3\x00" + os.urandom(5000))  # a header, then garbage
+    proc = subprocess.run(
+        [sys.executable, "-m", "keti_ray.cli", "up", flag, str(bad), "--exit-after", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "cannot be read" in proc.stderr
+    assert "starting Ray" not in proc.stderr  # stopped before anything was started
