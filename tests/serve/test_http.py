@@ -279,6 +279,39 @@ def test_restarted_actor_keeps_bookings_and_the_promoted_policy(served, tmp_path
     serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")  # back to fgd
 
 
+def test_a_failing_commit_is_503_books_nothing_and_the_next_request_works(served):
+    import sqlite3
+
+    client, _, _ = served
+    actor = ray.get_actor(STATE_ACTOR_NAME, namespace=RAY_NAMESPACE)
+
+    def fail_commits(self):
+        real = self.service.store._commit
+        self.service.store._real_commit = real
+
+        def commit():
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.service.store._commit = commit
+
+    def restore(self):
+        self.service.store._commit = self.service.store._real_commit
+
+    before = client.get("/partition").json()
+    ray.get(actor.__ray_call__.remote(fail_commits))
+    try:
+        r = alloc(client, "eio", milli=300)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "nothing was booked" in r.json()["detail"] and r.json()["pod"] == "default/eio"
+        assert client.get("/partition").json() == before
+    finally:
+        ray.get(actor.__ray_call__.remote(restore))
+    again = alloc(client, "eio", milli=300)
+    assert again.status_code == 200 and again.json()["existing"] is False
+    assert 'keti_allocator_store_errors_total{op="commit"}' in client.get("/metrics").text
+    client.post("/release", json={"pod": "eio"})
+
+
 # ---- bad input: every case is a 4xx and changes nothing ------------------------------------
 
 GOOD_POD = {"name": "ok", "cpu_milli": 1000, "memory_mib": 1024, "num_gpu": 1, "gpu_milli": 100}
