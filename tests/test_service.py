@@ -175,9 +175,18 @@ def test_decisions_book_served_milli_and_report_the_share():
     assert service.bookings()[0]["milli"] == [990]
     assert service.allocate(pod("s", num=1, milli=995)).existing  # the asked request matches
     tiny = service.allocate(pod("t", num=1, milli=5)).gpus[0]
-    assert (tiny["milli"], tiny["sm_pct"], tiny["sms"]) == (50, 5, 6)
+    # the smallest share of a 132-SM GPU is 7% (8 SMs, the measured floor): 5 milli -> 70
+    assert (tiny["milli"], tiny["sm_pct"], tiny["sms"]) == (70, 7, 8)
     whole = service.allocate(pod("w", num=2, milli=1000))
     assert [g["mechanism"] for g in whole.gpus] == ["exclusive", "exclusive"]
     assert whole.gpus[0]["sms"] == 132 and whole.sm_pct == 100
     part = service.partition()["nodes"]["sim-node-00"]["gpus"]
-    assert sum(p["milli"] for g in part for p in g["partitions"]) == 990 + 50 + 2000
+    assert sum(p["milli"] for g in part for p in g["partitions"]) == 990 + 70 + 2000
+
+
+def test_the_smallest_share_is_the_smallest_gpus_unless_the_node_is_named():
+    service = AllocationService(simulated_nodes(3))  # H100 (132 SMs), A100 (108), T4 (40)
+    anywhere = service.allocate(pod("a", num=1, milli=5))
+    assert anywhere.gpus[0]["milli"] == 200  # 8 of a T4's 40 SMs: 20%, wherever it lands
+    bound = service.allocate(pod("b", num=1, milli=5), node="sim-node-00")
+    assert (bound.node, bound.gpus[0]["milli"], bound.gpus[0]["sms"]) == ("sim-node-00", 70, 8)

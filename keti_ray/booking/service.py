@@ -44,6 +44,7 @@ from keti_ray.shares import (
     limit_pct,
     served_milli,
     share_for,
+    smallest_gpu_sms,
 )
 from keti_ray.telemetry import TelemetryStore
 
@@ -119,11 +120,12 @@ def request_dict(pod: PodRequest) -> dict[str, Any]:
     }
 
 
-def served_pod(pod: PodRequest) -> PodRequest:
-    """The pod as the cluster model books it: a shared GPU is served in whole units."""
+def served_pod(pod: PodRequest, device_sms: int | None = None) -> PodRequest:
+    """The pod as the cluster model books it: a shared GPU is served in whole units, at
+    least the smallest share of a GPU of `device_sms` SMs (`keti_ray.shares`)."""
     if not pod.num_gpu:
         return pod
-    milli = served_milli(pod.gpu_milli)
+    milli = served_milli(pod.gpu_milli, device_sms)
     if milli == pod.gpu_milli:
         return pod
     return PodRequest(pod.name, pod.cpu_milli, pod.memory_mib, pod.num_gpu, milli, pod.gpu_spec)
@@ -217,6 +219,8 @@ class AllocationService:
         self._uuid_index = {n: {u: i for i, u in enumerate(us)} for n, us in uuids.items()}
         self.mechanism = {name: DEFAULT_MECHANISM for name in state.names}
         self._frag_model = FragmentationModel(self.typical, state.models)
+        # A request placed anywhere must meet the smallest share of the smallest GPU.
+        self._min_sms = smallest_gpu_sms(state.models)
         self.metrics.set_aside.set(len(self.set_aside))
         return {"kept": len(booked), "set_aside": [{"pod": p, "reason": r} for p, r in newly_aside]}
 
@@ -419,7 +423,7 @@ class AllocationService:
             decision.existing = True
             return done("dry_run" if call.dry_run else "placed", 200, decision=decision)
         try:
-            served = served_pod(pod)
+            served = served_pod(pod, self._sms_for(call.node))
             placement = self._choose(allocator, served, call.node)
         except ModelError as exc:
             return done("refused", 422, error=str(exc)[:300])
@@ -458,6 +462,14 @@ class AllocationService:
         decision = self._decision(pod, booking, time.perf_counter() - start, False)
         result = done("placed", 200, decision=decision, booked=True)
         return result
+
+    def _sms_for(self, node: str | None) -> int | None:
+        """SMs whose smallest share a request must meet: the named node's GPUs (a bind), or
+        the cluster's smallest GPU (the policy may choose any node)."""
+        row = self.state.index.get(node) if node else None
+        if row is None:
+            return self._min_sms
+        return device_sm_count(self.state.specs[row].model) or self._min_sms
 
     def _choose(self, allocator: Allocator, pod: PodRequest, node: str | None) -> Placement | None:
         """The policy's placement; with `node`, the best GPUs on that node (bind)."""
@@ -664,7 +676,7 @@ class AllocationService:
     ) -> tuple[list[str], dict[str, str]]:
         """Split candidate node names into those that can host the pod and why the others can't."""
         with self._lock:
-            feasible = self.state.feasible_nodes(served_pod(pod))
+            feasible = self.state.feasible_nodes(served_pod(pod, self._min_sms))
             ok, failed = [], {}
             for name in names:
                 row = self.state.index.get(name)
@@ -679,7 +691,7 @@ class AllocationService:
     def prioritize(self, pod: PodRequest, names: Sequence[str]) -> list[dict]:
         """Extender priorities 0-10: the policy's choice gets 10, the rest FGD's score scaled."""
         with self._lock:
-            pod = served_pod(pod)
+            pod = served_pod(pod, self._min_sms)
             allocator, version = self.policies.current()
             feasible = self.state.feasible_nodes(pod)
             choice = allocator.place(self.state, pod)
