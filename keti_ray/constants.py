@@ -46,3 +46,16 @@ SHIM_HOST_DIR = "/var/lib/keti-ray/vai"  # where the plugin DaemonSet installs t
 # node; Allocate mounts SHIM_HOST_DIR/SHIM_LIBRARY_NAME read-only at SHIM_CONTAINER_PATH.
 GPU_PLUGIN_SOCKET = "keti-gpu.sock"  # the GPU plugin's socket in DEVICE_PLUGIN_DIR
 NPU_PLUGIN_SOCKET = "keti-npu.sock"  # the NPU plugin's socket in DEVICE_PLUGIN_DIR
+
+# PROVISIONAL (CONTRACTS §2, §3): the lead's constants replace these on merge.
+ENV_VAI_DEVICE_SM_COUNT = "VAI_DEVICE_SM_COUNT"
+ENV_VAI_SM_ATTRIBUTE = "VAI_SM_ATTRIBUTE"
+ENV_VAI_LIMITS_FILE = "VAI_LIMITS_FILE"
+LIMITS_CONTAINER_PATH = "/etc/vai/limits"
+LD_SO_PRELOAD_CONTAINER_PATH = "/etc/ld.so.preload"
+LIMITS_HOST_DIR = "/var/lib/keti-ray/limits"
+ANN_ALLOCATION = "keti.re.kr/allocation"
+LABEL_GPU_MODEL = "keti.re.kr/gpu-model"
+ANN_GPU_UUIDS = "keti.re.kr/gpu-uuids"
+ANN_GPU_SM_COUNT = "keti.re.kr/gpu-sm-count"
+ANN_GPU_MEMORY_MIB = "keti.re.kr/gpu-memory-mib"
