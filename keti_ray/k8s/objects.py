@@ -67,7 +67,9 @@ def gpu_node(node: dict) -> GpuNode | None:
         return None
     uuids = tuple(u.strip() for u in (ann.get(ANN_GPU_UUIDS) or "").split(",") if u.strip())
     try:
-        units = int(_quantity(alloc.get(GPU_RESOURCE, 0), f"node {name} allocatable {GPU_RESOURCE}"))
+        units = int(
+            _quantity(alloc.get(GPU_RESOURCE, 0), f"node {name} allocatable {GPU_RESOURCE}")
+        )
         sm = ann.get(ANN_GPU_SM_COUNT)
         memory = ann.get(ANN_GPU_MEMORY_MIB)
         sm_count = int(sm) if sm not in (None, "") else None
@@ -99,8 +101,7 @@ def gpu_node(node: dict) -> GpuNode | None:
         # model keeps every published GPU so that bookings on the healthy ones stay; which GPU
         # is unhealthy is not published (kuberay/README.md, "What is not modelled").
         reason = (
-            f"{len(uuids) - healthy} of {len(uuids)} GPUs not allocatable "
-            f"({GPU_RESOURCE} {units})"
+            f"{len(uuids) - healthy} of {len(uuids)} GPUs not allocatable ({GPU_RESOURCE} {units})"
         )
     try:
         spec = NodeSpec(name, cpu_milli, mem_mib, len(uuids), labels.get(LABEL_GPU_MODEL, ""))

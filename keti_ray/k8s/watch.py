@@ -18,7 +18,6 @@ import json
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,9 +129,7 @@ class ListWatch:
         return failures + 1
 
     def _list(self) -> str:
-        resp = self.list_fn(
-            _preload_content=False, _request_timeout=(5, 60), **self.list_kwargs
-        )
+        resp = self.list_fn(_preload_content=False, _request_timeout=(5, 60), **self.list_kwargs)
         try:
             body = json.loads(resp.data)
         finally:

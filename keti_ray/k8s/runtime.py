@@ -1,0 +1,78 @@
+"""The Kubernetes side wired to an allocation service, from the environment.
+
+`KETI_K8S_API` says where the API server is (`in-cluster`, or a URL with the token in
+`KETI_K8S_TOKEN`); unset means the allocator is not on Kubernetes. The state actor builds its
+service from `initial_nodes()` (the node list before any watch, so the booking store is laid
+over the real nodes at start) and then starts the ClusterSync on it. The extender's bind runs
+in the Serve replicas and reaches the service through `facade_call`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, config
+
+from keti_ray.cluster import NodeSpec
+from keti_ray.constants import ENV_K8S_API, ENV_K8S_TOKEN, K8S_IN_CLUSTER
+from keti_ray.k8s.sync import ClusterSync, list_gpu_nodes, node_view
+
+# What the Serve replicas may call on the service through the state actor (CONTRACTS §4).
+FACADE_METHODS = ("allocate", "release", "bookings", "reconcile", "replace_nodes")
+
+
+def api_from_env(environ: dict[str, str] | None = None) -> client.CoreV1Api | None:
+    """The CoreV1Api that KETI_K8S_API names, or None when it is unset."""
+    env = os.environ if environ is None else environ
+    where = env.get(ENV_K8S_API)
+    if not where:
+        return None
+    cfg = client.Configuration()
+    if where == K8S_IN_CLUSTER:
+        config.load_incluster_config(client_configuration=cfg)
+    elif where.startswith(("http://", "https://")):
+        cfg.host = where.rstrip("/")
+        token = env.get(ENV_K8S_TOKEN)
+        if token:
+            cfg.api_key = {"authorization": token}
+            cfg.api_key_prefix = {"authorization": "Bearer"}
+    else:
+        raise ValueError(
+            f"{ENV_K8S_API}={where[:80]!r}: accepted: '{K8S_IN_CLUSTER}' or an http(s):// URL"
+        )
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+
+def initial_nodes(api: client.CoreV1Api) -> tuple[list[NodeSpec], dict[str, list[str]]]:
+    """The modelled nodes and their GPU UUIDs, from one list of the API server's nodes."""
+    return node_view(list_gpu_nodes(api))
+
+
+def start_sync(facade: Any, api: client.CoreV1Api, **kwargs: Any) -> ClusterSync:
+    """The ClusterSync on `facade`, nodes synced before pods."""
+    return ClusterSync(facade, api, **kwargs).start()
+
+
+def facade_call(facade: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """One allowed facade method, by name (the state actor's single entry for the replicas)."""
+    if method not in FACADE_METHODS:
+        raise ValueError(f"facade method {method!r} is not callable; accepted: {FACADE_METHODS}")
+    return getattr(facade, method)(*args, **kwargs)
+
+
+class RemoteFacade:
+    """The facade seen from a Serve replica: each method is one call to the state actor."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call  # call(method, *args, **kwargs) -> result (blocking)
+
+    def allocate(self, pod, dry_run: bool = False, node: str | None = None, uid: str | None = None):
+        return self._call("allocate", pod, dry_run=dry_run, node=node, uid=uid)
+
+    def release(self, key: str, uid: str | None = None) -> bool:
+        return self._call("release", key, uid=uid)
+
+    def bookings(self) -> list[dict]:
+        return self._call("bookings")
