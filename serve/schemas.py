@@ -1,4 +1,6 @@
-"""Request bodies of the allocator API: strict, unknown fields refused, errors name the field."""
+"""Request bodies of the allocator API: strict, bounded, unknown fields refused, errors name
+the field. Names follow Kubernetes: a pod name is a DNS-1123 subdomain, a namespace a
+DNS-1123 label."""
 
 from __future__ import annotations
 
@@ -6,10 +8,24 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from keti_ray.booking import pod_key
 from keti_ray.cluster import MAX_GPUS_PER_POD, MILLI_PER_GPU, PodRequest, pod_request_problems
 
-NonNegative = Annotated[int, Field(strict=True, ge=0)]
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+POD_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?" + DNS1123_SUBDOMAIN[1:]
+UID = r"^[A-Za-z0-9][-A-Za-z0-9]{0,63}$"
 MAX_BATCH = 10_000
+MAX_CPU_MILLI = 100_000_000  # 100,000 cores: far above any node
+MAX_MEMORY_MIB = 1 << 32  # 4 PiB
+
+PodName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+Namespace = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
+NodeName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+Uid = Annotated[str, Field(pattern=UID)]
+GpuModel = Annotated[
+    str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+]
 
 
 class PodIn(BaseModel):
@@ -17,15 +33,18 @@ class PodIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[
-        str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
-    ]
-    namespace: Annotated[str, Field(min_length=1, max_length=63)] | None = None
-    cpu_milli: NonNegative
-    memory_mib: NonNegative
+    name: PodName
+    namespace: Namespace | None = None
+    uid: Uid | None = None
+    cpu_milli: Annotated[int, Field(strict=True, ge=0, le=MAX_CPU_MILLI)]
+    memory_mib: Annotated[int, Field(strict=True, ge=0, le=MAX_MEMORY_MIB)]
     num_gpu: Annotated[int, Field(strict=True, ge=0, le=MAX_GPUS_PER_POD)] = 0
     gpu_milli: Annotated[int, Field(strict=True, ge=0, le=MILLI_PER_GPU)] = 0
-    gpu_spec: list[str] | str | None = None
+    gpu_spec: (
+        Annotated[list[GpuModel], Field(max_length=16)]
+        | Annotated[str, Field(max_length=200)]
+        | None
+    ) = None
 
     @field_validator("gpu_spec")
     @classmethod
@@ -33,7 +52,10 @@ class PodIn(BaseModel):
         if value is None:
             return []
         items = value.split("|") if isinstance(value, str) else value
-        return [s.strip() for s in items if s.strip()]
+        models = [s.strip() for s in items if s.strip()]
+        if isinstance(value, str) and not all(len(m) <= 32 and m.isascii() for m in models):
+            raise ValueError("gpu_spec: GPU model names of at most 32 ASCII characters")
+        return models
 
     @model_validator(mode="after")
     def _rules(self) -> PodIn:
@@ -46,8 +68,8 @@ class PodIn(BaseModel):
 
     @property
     def key(self) -> str:
-        """The pod's identity in the allocator: `namespace/name`, or `name` alone."""
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+        """The pod's identity in the allocator: `namespace/name` (namespace `default`)."""
+        return pod_key(self.name, self.namespace)
 
     def to_request(self) -> PodRequest:
         return PodRequest(
@@ -61,22 +83,46 @@ class PodIn(BaseModel):
 
 
 class AllocateIn(BaseModel):
-    """Either `pod` (one decision) or `pods` (decided in order); `dry_run` books nothing."""
+    """Either `pod` (one decision) or `pods` (decided in order); `dry_run` books nothing;
+    `node` restricts a single pod's choice to that node (what a bind does)."""
 
     model_config = ConfigDict(extra="forbid")
 
     pod: PodIn | None = None
     pods: Annotated[list[PodIn], Field(min_length=1, max_length=MAX_BATCH)] | None = None
     dry_run: Annotated[bool, Field(strict=True)] = False
+    node: NodeName | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> AllocateIn:
         if (self.pod is None) == (self.pods is None):
             raise ValueError("give exactly one of 'pod' (an object) or 'pods' (a list)")
+        if self.node is not None and self.pods is not None:
+            raise ValueError("'node' goes with 'pod' (one decision), not with 'pods'")
+        if self.pods is not None:
+            keys = [p.key for p in self.pods]
+            if len(set(keys)) != len(keys):
+                dup = next(k for k in keys if keys.count(k) > 1)
+                raise ValueError(f"pods: pod {dup[:80]!r} appears more than once")
         return self
 
 
 class ReleaseIn(BaseModel):
+    """`pod` is a name (namespace `default`) or `namespace/name`; `uid` releases only that
+    incarnation of the pod."""
+
     model_config = ConfigDict(extra="forbid")
 
-    pod: Annotated[str, Field(min_length=1, max_length=320)]
+    pod: Annotated[str, Field(min_length=1, max_length=317, pattern=POD_KEY)]
+    namespace: Namespace | None = None
+    uid: Uid | None = None
+
+    @model_validator(mode="after")
+    def _one_namespace(self) -> ReleaseIn:
+        if self.namespace and "/" in self.pod:
+            raise ValueError("give the namespace in 'pod' or in 'namespace', not both")
+        return self
+
+    @property
+    def key(self) -> str:
+        return pod_key(self.pod, self.namespace)

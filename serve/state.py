@@ -2,38 +2,43 @@
 
 Every Serve replica talks to this actor, so concurrent requests are decided one after the
 other against the same state and never double-book a GPU share. The actor restarts on
-failure and rebuilds its placements from the journal.
+failure and rebuilds its bookings and serving policy from the booking store.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 
+from keti_ray.booking import AllocationService, PolicySpec, StoreUnavailable
 from keti_ray.cluster import NodeSpec, PodRequest
 from keti_ray.fragmentation import TypicalPods
-from keti_ray.service import AllocationService, PolicySpec
 from keti_ray.simcluster import simulated_nodes
 from keti_ray.telemetry import TelemetryStore
 from keti_ray.trace import load_nodes, load_pods
 
 STATE_ACTOR_NAME = "keti-ray-allocator-state"
 RAY_NAMESPACE = "keti-ray"
+POINTER_PERIOD_S = 2.0
 
 
 @dataclass
 class ClusterSource:
-    """Where the allocator's nodes (and FGD's typical pods) come from."""
+    """Where the allocator's nodes (and FGD's typical pods) come from, and where it keeps its
+    bookings (`state`: a SQLite file; `journal` is the old name for it)."""
 
     nodes_csv: str | None = None
     sim_nodes: int | None = None
     pods_csv: str | None = None
-    journal: str | None = None
+    state: str | None = None
     telemetry_dir: str | None = None
+    journal: str | None = None  # alias of `state` (an old JSON journal there is imported)
+
+    def __post_init__(self) -> None:
+        if self.state is None and self.journal is not None:
+            self.state = self.journal
 
     @classmethod
     def from_env(cls) -> ClusterSource:
@@ -43,7 +48,7 @@ class ClusterSource:
             nodes_csv=os.environ.get("KETI_NODES_CSV") or None,
             sim_nodes=int(sim) if sim else None,
             pods_csv=os.environ.get("KETI_PODS_CSV") or None,
-            journal=os.environ.get("KETI_JOURNAL") or None,
+            state=os.environ.get("KETI_STATE") or os.environ.get("KETI_JOURNAL") or None,
             telemetry_dir=os.environ.get("KETI_TELEMETRY_DIR") or None,
         )
 
@@ -58,55 +63,54 @@ class ClusterSource:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class AllocatorState:
-    """Ray actor: methods run one at a time, which is what makes booking atomic."""
+    """Ray actor: methods run one at a time, which is what makes booking atomic. A restart
+    rebuilds everything from the booking store (bookings and the serving policy)."""
 
     def __init__(self, source: ClusterSource, policy: dict | None = None) -> None:
-        if source.journal:
-            Path(source.journal).parent.mkdir(parents=True, exist_ok=True)
         telemetry = None
         if source.telemetry_dir:
             telemetry = TelemetryStore(source.telemetry_dir, writer="allocator")
         self.service = AllocationService(
             source.nodes(),
             typical=source.typical(),
-            policy=PolicySpec.from_config(policy),
-            journal=source.journal,
+            policy=PolicySpec.from_config(policy) if policy else None,
+            state=source.state,
             telemetry=telemetry,
+            follow_pointer_s=POINTER_PERIOD_S,
         )
-        self.telemetry = telemetry
-        threading.Thread(target=self._maintenance_loop, daemon=True).start()
 
-    def _maintenance_loop(self, period_s: float = 2.0) -> None:
-        """Every couple of seconds: follow the serving pointer, push queued events and turn
-        the telemetry log into Parquet."""
-        stop = threading.Event()
-        while not stop.wait(period_s):
-            self.service.refresh_pointer()
-            if self.telemetry is not None:
-                self.service.push_events()
-                self.telemetry.flush()
+    def ping(self) -> bool:
+        return True
 
-    def allocate(self, pod: PodRequest, dry_run: bool) -> dict:
-        return self.service.decide_many([(pod, dry_run)])[0]
+    def allocate_many(self, requests: list[tuple]) -> list[dict]:
+        """Requests (pod, dry_run[, node, uid]) that a replica batched: decided in arrival
+        order, booked in one transaction."""
+        return self.service.decide_json(requests)
 
     def allocate_batch(self, pods: list[PodRequest], dry_run: bool) -> list[dict]:
         return self.service.allocate_batch(pods, dry_run)
 
-    def allocate_many(self, requests: list[tuple[PodRequest, bool]]) -> list[dict]:
-        """Concurrent single-pod requests that a replica batched: decided in arrival order."""
-        return self.service.decide_many(requests)
-
-    def release(self, name: str) -> bool:
-        return self.service.release(name)
+    def release(self, key: str, uid: str | None = None) -> dict:
+        """{"released": bool} or {"status": 503, "error": ...} when the store failed."""
+        try:
+            return {"released": self.service.release(key, uid)}
+        except StoreUnavailable as exc:
+            return {"status": 503, "error": str(exc)}
 
     def partition(self) -> dict:
         return self.service.partition()
+
+    def bookings(self) -> list[dict]:
+        return self.service.bookings()
 
     def health(self) -> dict:
         return self.service.health()
 
     def metrics_text(self) -> bytes:
         return self.service.metrics_text()
+
+    def count_refused(self, n: int = 1) -> None:
+        self.service.count_refused(n)
 
     def set_policy(self, config: dict | None) -> str:
         return self.service.set_policy(PolicySpec.from_config(config))
@@ -116,6 +120,12 @@ class AllocatorState:
 
     def prioritize(self, pod: PodRequest, names: list[str]) -> list[dict]:
         return self.service.prioritize(pod, names)
+
+    def reconcile(self, live: dict[str, str]) -> dict:
+        return self.service.reconcile(live)
+
+    def replace_nodes(self, nodes: list[NodeSpec], gpu_uuids: dict[str, list[str]]) -> dict:
+        return self.service.replace_nodes(nodes, gpu_uuids)
 
 
 def get_or_create_state(source: ClusterSource, policy: dict | None = None):

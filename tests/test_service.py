@@ -1,11 +1,10 @@
-"""AllocationService without Ray: booking, dry runs, journal recovery, extender scores."""
+"""AllocationService without Ray: booking, dry runs, policies, extender scores, metrics."""
 
 from __future__ import annotations
 
 import pytest
 
-from keti_ray.cluster import ModelError
-from keti_ray.service import AllocationService, NoFit, PolicySpec
+from keti_ray.service import AllocationService, Conflict, NoFit, PolicySpec
 from keti_ray.simcluster import simulated_nodes
 
 from .factories import pod
@@ -29,32 +28,20 @@ def test_dry_run_books_nothing_and_nofit_is_clear():
     service.allocate(pod("d", num=8, milli=1000), dry_run=True)
     assert service.health()["placements"] == 0
     service.allocate(pod("all", num=8, milli=1000))
-    with pytest.raises(NoFit, match="no node can host pod 'more'"):
+    with pytest.raises(NoFit, match="no node can host pod 'default/more'"):
         service.allocate(pod("more", num=1, milli=100))
-    with pytest.raises(ModelError, match="already placed"):
+    with pytest.raises(Conflict, match="pod 'default/all' is booked already"):
         service.allocate(pod("all", num=1, milli=100))
+    assert service.allocate(pod("all", num=8, milli=1000)).existing  # same request: its booking
 
 
-def test_journal_brings_back_every_acknowledged_placement(tmp_path):
-    journal = tmp_path / "journal.jsonl"
-    first = AllocationService(simulated_nodes(3), journal=journal)
-    for i in range(6):
-        first.allocate(pod(f"p{i}", num=1, milli=300 + 100 * i))
-    first.release("p2")
-    with journal.open("a") as handle:
-        handle.write('{"op": "allocate", "pod": {"na')  # a write torn by a crash
-    second = AllocationService(simulated_nodes(3), journal=journal)
-    assert sorted(second.state.placements) == ["p0", "p1", "p3", "p4", "p5"]
-    assert (second.state.gpu_free == first.state.gpu_free).all()
-
-
-def test_policy_swap_and_refused_checkpoint_keeps_fgd(tmp_path):
+def test_policy_swap_and_refused_checkpoint_keeps_the_current_policy(tmp_path):
     service = AllocationService(simulated_nodes(2))
     assert service.set_policy(PolicySpec("bestfit")) == "bestfit"
     bogus = tmp_path / "ckpt"
     bogus.mkdir()
-    assert service.set_policy(PolicySpec("ppo", str(bogus))) == "fgd"
-    assert service.health()["policy_error"]
+    assert service.set_policy(PolicySpec("ppo", str(bogus))) == "bestfit"
+    assert "still serving bestfit" in service.health()["policy_error"]
     with pytest.raises(ValueError, match="unknown; accepted"):
         service.set_policy(PolicySpec("worstfit"))
     with pytest.raises(ValueError, match="unknown key"):
@@ -77,8 +64,18 @@ def test_metrics_text_has_decisions_and_gauges():
     service.allocate(pod("a", num=1, milli=500))
     text = service.metrics_text().decode()
     assert 'keti_allocator_decisions_total{outcome="placed",policy="fgd"} 1.0' in text
-    assert "keti_allocator_decision_seconds_bucket" in text
-    assert "keti_cluster_unallocated_gpu_pct" in text and "keti_cluster_fragmentation_pct" in text
+    assert "keti_allocator_decision_duration_seconds_bucket" in text
+    assert (
+        "keti_cluster_unallocated_gpu_ratio" in text and "keti_cluster_fragmentation_ratio" in text
+    )
+    with pytest.raises(NoFit):
+        service.allocate(pod("huge", cpu=10**7))
+    with pytest.raises(Conflict):
+        service.allocate(pod("a", num=1, milli=400))
+    text = service.metrics_text().decode()
+    assert 'keti_allocator_decisions_total{outcome="nofit",policy="fgd"} 1.0' in text
+    assert 'keti_allocator_decisions_total{outcome="refused",policy="fgd"} 1.0' in text
+    assert "keti_allocator_decision_duration_seconds_count 3.0" in text  # refusals timed too
 
 
 def test_serving_pointer_is_followed(tmp_path):
@@ -109,5 +106,62 @@ def test_shipped_ppo_checkpoint_is_served_with_its_digest(tmp_path):
     assert service.set_policy(PolicySpec("ppo")) == f"ppo@{digest[:12]}"
     assert service.allocate(pod("p", num=1, milli=250)).policy == f"ppo@{digest[:12]}"
     wrong = PolicySpec("ppo", str(DEFAULT_CHECKPOINT), "0" * 64)  # digest from an untrusted pointer
-    assert service.set_policy(wrong) == "fgd"
+    assert service.set_policy(wrong) == f"ppo@{digest[:12]}"  # the current policy stays
     assert "not the expected" in service.health()["policy_error"]
+
+
+def test_pointer_to_a_tampered_checkpoint_keeps_the_current_policy(tmp_path):
+    import shutil
+
+    from keti_ray.promotion import write_pointer
+    from keti_ray.rl.checkpoint import read_manifest
+    from keti_ray.rl.policy import DEFAULT_CHECKPOINT
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(DEFAULT_CHECKPOINT, copy)
+    digest = read_manifest(copy)["checkpoint_sha256"]
+    pointer = tmp_path / "serving.json"
+    write_pointer(pointer, None, None, policy="bestfit")
+    service = AllocationService(
+        simulated_nodes(2), policy=PolicySpec.from_config({"pointer": str(pointer)})
+    )
+    victim = max(
+        (p for p in copy.rglob("*") if p.is_file() and "manifest" not in p.name),
+        key=lambda p: p.stat().st_size,
+    )
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")  # one byte changed
+    write_pointer(pointer, copy, digest, policy="ppo")
+    assert service.refresh_pointer() == "bestfit"
+    assert "refused" in service.health()["policy_error"]
+    assert service.allocate(pod("p", num=1, milli=250)).policy == "bestfit"
+
+
+def test_pointer_follower_survives_errors(tmp_path, monkeypatch):
+    import time
+
+    from keti_ray.booking import policy_host
+    from keti_ray.promotion import write_pointer
+
+    pointer = tmp_path / "serving.json"
+    write_pointer(pointer, None, None, policy="bestfit")
+    service = AllocationService(
+        simulated_nodes(2),
+        policy=PolicySpec.from_config({"pointer": str(pointer)}),
+        follow_pointer_s=0.05,
+    )
+    calls = {"n": 0}
+    real = policy_host.PolicySpec.from_pointer
+
+    def flaky(path):
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise OSError("stale NFS handle")
+        return real(path)
+
+    monkeypatch.setattr(policy_host.PolicySpec, "from_pointer", staticmethod(flaky))
+    write_pointer(pointer, None, None, policy="packing")
+    deadline = time.time() + 10
+    while service.policy_version != "packing" and time.time() < deadline:
+        time.sleep(0.05)
+    assert calls["n"] > 3 and service.policy_version == "packing"
+    service.close()

@@ -24,7 +24,13 @@ def up_command(
         None, help=f"HTTP port (default ${ENV_API_PORT} or {DEFAULT_API_PORT})."
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    journal: Path = typer.Option(None, help="Append placements here; a restart replays them."),
+    state: Path = typer.Option(
+        None,
+        "--state",
+        "--journal",
+        help="Booking store (SQLite) file; a restart comes back with every booking. An old "
+        "JSON journal at this path is imported once (--journal is the old name).",
+    ),
     telemetry: Path = typer.Option(None, help="Telemetry store folder (allocator events)."),
     replicas: int = typer.Option(1, help="Serve replicas of the allocator."),
     exit_after: float = typer.Option(None, hidden=True, help="Stop after this many seconds."),
@@ -35,6 +41,8 @@ def up_command(
         fail(f"--sim-nodes must be >= 1, got {sim_nodes}")
     if nodes is not None and not nodes.is_file():
         fail(f"--nodes: {nodes} is not a file")
+    if state is not None:
+        _check_state(state)
     import ray
     from ray import serve
 
@@ -45,7 +53,7 @@ def up_command(
         nodes_csv=str(nodes) if nodes else None,
         sim_nodes=None if nodes else sim_nodes,
         pods_csv=str(pods) if pods else None,
-        journal=str(journal) if journal else None,
+        state=str(state) if state else None,
         telemetry_dir=str(telemetry) if telemetry else None,
     )
     typer.echo("starting Ray ...", err=True)
@@ -76,6 +84,23 @@ def up_command(
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _check_state(path: Path) -> None:
+    """Open the booking store once before Ray starts: an unreadable one stops here, with a
+    message naming the file and the problem (not a failed deployment later)."""
+    from keti_ray.booking import BookingStore, StoreError
+    from keti_ray.booking.legacy import read_legacy_journal
+
+    try:
+        store = BookingStore(path)
+        if store.legacy_journal and store.meta("journal_imported") is None:
+            read_legacy_journal(store.legacy_journal)  # imported by the service once it starts
+        store.close()
+    except StoreError as exc:
+        fail(f"--state: {exc}")
+    except OSError as exc:
+        fail(f"--state: {path}: {exc.strerror}")
 
 
 def _start_fleet(source) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import threading
 import time
 
@@ -22,9 +23,9 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One Ray + Serve for the module: the allocator at /, a token-protected twin at /secure."""
-    journal = tmp_path_factory.mktemp("state") / "journal.jsonl"
+    state = tmp_path_factory.mktemp("state") / "bookings.db"
     with local_serve() as port:
-        source = ClusterSource(sim_nodes=3, journal=str(journal))
+        source = ClusterSource(sim_nodes=3, state=str(state))
         serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")
         serve.run(
             AllocatorIngress.options(name="Secure").bind(source, TOKEN),
@@ -54,49 +55,38 @@ def test_allocate_partition_release_roundtrip(served):
     r = alloc(client, "rt", milli=470)
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["pod"] == "default/rt" and body["existing"] is False
     assert body["sm_pct"] == 47 and body["policy"] == "fgd" and body["decision_ms"] >= 0
     assert body["env"]["BLESS_LIMIT_PCT"] == "47" and len(body["gpus"]) == 1
     gpu = body["gpus"][0]
+    assert gpu["uuid"].startswith("GPU-") and gpu["milli"] == 470
     parts = client.get("/partition").json()["nodes"][body["node"]]["gpus"][gpu["index"]]
-    assert {"pod": "rt", "sm_pct": 47, "milli": 470, "mechanism": "mps"} in parts["partitions"]
-    assert client.post("/release", json={"pod": "rt"}).json() == {"pod": "rt", "released": True}
-    assert client.post("/release", json={"pod": "rt"}).json()["released"] is False  # idempotent
+    mine = [p for p in parts["partitions"] if p["pod"] == "default/rt"]
+    assert len(mine) == 1 and mine[0]["milli"] == 470 and mine[0]["mechanism"] == "mps"
+    booked = {b["pod"]: b for b in client.get("/bookings").json()}
+    assert booked["default/rt"]["node"] == body["node"]
+    assert booked["default/rt"]["gpus"] == [{"uuid": gpu["uuid"], "milli": 470}]
+    r = client.post("/release", json={"pod": "rt"})
+    assert r.json() == {"pod": "default/rt", "released": True}
+    assert client.post("/release", json={"pod": "default/rt"}).json()["released"] is False
     parts = client.get("/partition").json()["nodes"][body["node"]]["gpus"][gpu["index"]]
-    assert all(p["pod"] != "rt" for p in parts["partitions"])
+    assert all(p["pod"] != "default/rt" for p in parts["partitions"])
 
 
-@pytest.mark.parametrize(
-    ("pod", "field"),
-    [
-        ({"cpu_milli": -1}, "cpu_milli"),
-        ({"gpu_milli": 1500}, "gpu_milli"),
-        ({"num_gpu": 9, "gpu_milli": 1000}, "num_gpu"),
-        ({"surprise": 1}, "surprise"),
-        ({"cpu_milli": "100"}, "cpu_milli"),
-    ],
-)
-def test_bad_input_is_422_naming_the_field(served, pod, field):
+def test_allocate_is_idempotent_over_http(served):
     client, _, _ = served
-    base = {"name": "bad", "cpu_milli": 1000, "memory_mib": 1024, "num_gpu": 1, "gpu_milli": 100}
-    r = client.post("/allocate", json={"pod": {**base, **pod}})
-    assert r.status_code == 422
-    assert any(field in err["loc"] for err in r.json()["detail"]), r.json()
-    assert all(set(err) == {"loc", "msg", "type"} for err in r.json()["detail"])  # no echo
-
-
-def test_rule_errors_and_oversized_body(served):
-    client, _, _ = served
-    r = alloc(client, "two-halves", num=2, milli=500)
-    assert r.status_code == 422 and "gpu_milli must be 1000 when num_gpu > 1" in r.text
-    big = {
-        "pods": [
-            {"name": f"p{i}", "cpu_milli": 1, "memory_mib": 1, "padding": "x" * 200}
-            for i in range(6000)
-        ]
-    }
-    r = client.post("/allocate", json=big)
-    assert r.status_code == 422 and "larger than 1 MB" in r.text
-    assert r.json()["detail"][0]["loc"] == ["body"]
+    first = alloc(client, "same", milli=300, dry_run=False)
+    again = alloc(client, "same", milli=300)
+    assert first.status_code == again.status_code == 200
+    assert again.json()["existing"] is True
+    assert (again.json()["node"], again.json()["gpus"]) == (
+        first.json()["node"],
+        first.json()["gpus"],
+    )
+    other = alloc(client, "same", milli=600)
+    assert other.status_code == 409 and "pod 'default/same' is booked already" in other.text
+    assert other.json()["pod"] == "default/same"
+    client.post("/release", json={"pod": "same"})
 
 
 def test_nofit_is_409_and_dry_run_books_nothing(served):
@@ -106,9 +96,9 @@ def test_nofit_is_409_and_dry_run_books_nothing(served):
     assert r.status_code == 200 and r.json()["dry_run"] is True
     assert client.get("/health").json()["placements"] == before
     r = client.post(
-        "/allocate", json={"pod": {"name": "cpu-hog", "cpu_milli": 10**9, "memory_mib": 1}}
+        "/allocate", json={"pod": {"name": "cpu-hog", "cpu_milli": 10**7, "memory_mib": 1}}
     )
-    assert r.status_code == 409 and "no node can host pod 'cpu-hog'" in r.json()["detail"]
+    assert r.status_code == 409 and "can host pod 'default/cpu-hog'" in r.json()["detail"]
 
 
 def test_batch_decides_in_order(served):
@@ -120,7 +110,7 @@ def test_batch_decides_in_order(served):
     r = client.post("/allocate", json={"pods": pods})
     assert r.status_code == 200
     body = r.json()
-    assert [x["pod"] for x in body["results"]] == [p["name"] for p in pods]
+    assert [x["pod"] for x in body["results"]] == [f"default/{p['name']}" for p in pods]
     assert body["placed"] == 10
     for p in pods:
         client.post("/release", json={"pod": p["name"]})
@@ -147,25 +137,28 @@ def test_concurrent_requests_never_double_book(served):
         client.post("/release", json={"pod": f"c{i}"})
 
 
-def test_auth_required_except_health(served):
+def test_auth_on_every_route_but_health_and_ready(served):
     client, _, _ = served
     assert client.get("/secure/health").status_code == 200
-    assert client.get("/secure/partition").status_code == 401
-    assert (
-        client.get("/secure/partition", headers={"Authorization": "Bearer nope"}).status_code == 401
-    )
-    ok = client.get("/secure/partition", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert ok.status_code == 200 and "nodes" in ok.json()
+    assert client.get("/secure/ready").status_code == 200
+    for path in ("/partition", "/bookings", "/metrics", "/docs", "/redoc", "/openapi.json"):
+        assert client.get(f"/secure{path}").status_code == 401, path
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ("/partition", "/docs", "/openapi.json"):
+        assert client.get(f"/secure{path}", headers=headers).status_code == 200, path
+    assert "/allocate" in client.get("/secure/openapi.json", headers=headers).json()["paths"]
     r = client.post(
         "/secure/allocate", json={"pod": {"name": "x", "cpu_milli": 1, "memory_mib": 1}}
     )
+    assert r.status_code == 401
+    r = client.post("/secure/scheduler/filter", json={"Pod": {}, "NodeNames": []})
     assert r.status_code == 401
 
 
 def test_extender_filter_and_prioritize(served):
     client, _, _ = served
     pod = {
-        "metadata": {"name": "ext", "namespace": "ml"},
+        "metadata": {"name": "ext", "namespace": "ml", "uid": "1234-abcd"},
         "spec": {
             "containers": [
                 {
@@ -186,17 +179,26 @@ def test_extender_filter_and_prioritize(served):
     prio = client.post("/scheduler/prioritize", json=args).json()
     assert {p["Host"] for p in prio} == set(args["NodeNames"])
     assert max(p["Score"] for p in prio) == 10 and all(0 <= p["Score"] <= 10 for p in prio)
-    bad = client.post("/scheduler/filter", json={"Pod": pod}).json()
-    assert "NodeNames or Nodes.items" in bad["Error"]
+    bad = client.post("/scheduler/filter", json={"Pod": pod})
+    assert bad.status_code == 422 and "NodeNames or Nodes.items" in bad.json()["Error"]
 
 
-def test_metrics_are_prometheus_text(served):
+def test_metrics_use_the_contract_names(served):
     client, _, _ = served
+    alloc(client, "m-bad", milli=5000)  # refused by validation: counted
     text = client.get("/metrics").text
-    assert (
-        "keti_allocator_decisions_total" in text
-        and "keti_allocator_decision_seconds_bucket" in text
-    )
+    for name in (
+        "keti_allocator_decisions_total",
+        "keti_allocator_decision_duration_seconds_bucket",
+        "keti_allocator_releases_total",
+        "keti_allocator_set_aside_bookings",
+        "keti_cluster_unallocated_gpu_ratio",
+        "keti_cluster_fragmentation_ratio",
+        "keti_cluster_pods_placed",
+        'keti_allocator_info{policy="fgd"} 1.0',
+    ):
+        assert name in text, name
+    assert 'outcome="refused"' in text and 'outcome="nofit"' in text
 
 
 def test_hot_reload_without_failed_requests(served):
@@ -228,25 +230,209 @@ def test_hot_reload_without_failed_requests(served):
         worker.join()
     assert client.get("/health").json()["policy"] == "bestfit"
     assert failures == []
+
+
+def wait_ready(client, deadline_s: float = 60) -> None:
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        try:
+            if client.get("/ready", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the allocator did not come back")
+
+
+def test_restarted_actor_keeps_bookings_and_the_promoted_policy(served, tmp_path):
+    from keti_ray.promotion import write_pointer
+
+    client, _, source = served
+    pointer = tmp_path / "serving.json"
+    write_pointer(pointer, None, None, policy="packing")
+    serve.run(
+        AllocatorIngress.options(user_config={"pointer": str(pointer)}).bind(source),
+        name="alloc",
+        route_prefix="/",
+    )
+    assert alloc(client, "survivor", milli=600).status_code == 200
+    write_pointer(pointer, None, None, policy="clustering")  # a retrain promotes
+    deadline = time.time() + 30
+    while client.get("/health").json()["policy"] != "clustering" and time.time() < deadline:
+        time.sleep(0.3)
+    assert client.get("/health").json()["policy"] == "clustering"
+    # A pointer naming a missing checkpoint: the current policy stays, /health says why.
+    write_pointer(pointer, tmp_path / "missing-ckpt", "0" * 64, policy="ppo")
+    deadline = time.time() + 30
+    while not client.get("/health").json()["policy_error"] and time.time() < deadline:
+        time.sleep(0.3)
+    health = client.get("/health").json()
+    assert health["policy"] == "clustering" and "missing-ckpt" in health["policy_error"]
+    write_pointer(pointer, None, None, policy="clustering")
+    actor = ray.get_actor(STATE_ACTOR_NAME, namespace=RAY_NAMESPACE)
+    ray.kill(actor, no_restart=False)
+    wait_ready(client)
+    health = client.get("/health").json()
+    assert health["policy"] == "clustering"  # persisted, not FGD again
+    assert "default/survivor" in {b["pod"] for b in client.get("/bookings").json()}
+    client.post("/release", json={"pod": "survivor"})
     serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")  # back to fgd
 
 
-def test_state_actor_comes_back_with_its_placements(served):
-    client, _, _ = served
-    assert alloc(client, "survivor", milli=600).status_code == 200
-    actor = ray.get_actor(STATE_ACTOR_NAME, namespace=RAY_NAMESPACE)
-    ray.kill(actor, no_restart=False)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            r = client.get("/partition", timeout=10)
-            if r.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pods = {
-        p["pod"] for n in r.json()["nodes"].values() for g in n["gpus"] for p in g["partitions"]
-    }
-    assert "survivor" in pods
-    client.post("/release", json={"pod": "survivor"})
+# ---- bad input: every case is a 4xx and changes nothing ------------------------------------
+
+GOOD_POD = {"name": "ok", "cpu_milli": 1000, "memory_mib": 1024, "num_gpu": 1, "gpu_milli": 100}
+EXT_POD = {
+    "metadata": {"name": "e", "namespace": "ml"},
+    "spec": {"containers": [{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]},
+}
+
+
+def ext(containers=None, meta=None, **args):
+    pod = {"metadata": meta or EXT_POD["metadata"], "spec": {"containers": containers}}
+    if containers is None:
+        pod = EXT_POD if meta is None else {**EXT_POD, "metadata": meta}
+    return {"Pod": pod, "NodeNames": ["sim-node-00"], **args}
+
+
+def res(**requests):
+    return [{"resources": {"requests": requests}}]
+
+
+def raw(path, text, ctype="application/json"):
+    return ("POST", path, text.encode() if isinstance(text, str) else text, ctype)
+
+
+def js(path, obj):
+    return raw(path, json.dumps(obj))
+
+
+def pod_with(**fields):
+    return js("/allocate", {"pod": {**GOOD_POD, **fields}})
+
+
+BAD_INPUTS = {
+    # JSON itself
+    "truncated json": raw("/allocate", "{"),
+    "not utf-8": raw("/allocate", b'{"pod": "\xff"}'),
+    "nan": raw("/allocate", '{"pod": {"name": "a", "cpu_milli": NaN, "memory_mib": 1}}'),
+    "duplicate keys": raw(
+        "/allocate", '{"pod": {"name": "a", "cpu_milli": 1, "memory_mib": 1}, "pod": {}}'
+    ),
+    "deep nesting": raw("/allocate", '{"pod": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+    "wrong content-type": raw("/allocate", json.dumps({"pod": GOOD_POD}), "text/plain"),
+    "no content-type": raw("/allocate", json.dumps({"pod": GOOD_POD}), None),
+    "array body": js("/allocate", [GOOD_POD]),
+    # fields
+    "negative cpu": pod_with(cpu_milli=-1),
+    "gpu_milli 1500": pod_with(gpu_milli=1500),
+    "num_gpu 9": pod_with(num_gpu=9, gpu_milli=1000),
+    "unknown field": pod_with(surprise=1),
+    "cpu as string": pod_with(cpu_milli="100"),
+    "cpu 2**64": pod_with(cpu_milli=2**64),
+    "memory 10**400": raw(
+        "/allocate", '{"pod": {"name": "a", "cpu_milli": 1, "memory_mib": 1' + "0" * 400 + "}}"
+    ),
+    "float cpu 1e400": raw(
+        "/allocate", '{"pod": {"name": "a", "cpu_milli": 1e400, "memory_mib": 1}}'
+    ),
+    "two halves": pod_with(num_gpu=2, gpu_milli=500),
+    "name upper case": pod_with(name="Big"),
+    "name with slash": pod_with(name="a/b"),
+    "name too long": pod_with(name="a" * 254),
+    "namespace ../..": pod_with(namespace="../.."),
+    "namespace control chars": pod_with(namespace="ml\n\x00"),
+    "uid garbage": pod_with(uid="x" * 500),
+    "node unknown": js("/allocate", {"pod": GOOD_POD, "node": "nope"}),
+    "node bad name": js("/allocate", {"pod": GOOD_POD, "node": "NOPE!"}),
+    "both forms": js("/allocate", {"pod": GOOD_POD, "pods": [GOOD_POD]}),
+    "neither form": js("/allocate", {"dry_run": False}),
+    "dry_run as string": js("/allocate", {"pod": GOOD_POD, "dry_run": "yes"}),
+    "duplicate pods in batch": js("/allocate", {"pods": [GOOD_POD, GOOD_POD]}),
+    "gpu_spec too long": pod_with(gpu_spec=["x" * 100]),
+    "release bad key": js("/release", {"pod": "../../etc"}),
+    "release extra field": js("/release", {"pod": "a", "force": True}),
+    "release empty": js("/release", {}),
+    # extender (the issue's and more)
+    "ext truncated": raw("/scheduler/filter", "{"),
+    "ext cpu Infinity": js("/scheduler/filter", ext(res(cpu="Infinity"))),
+    "ext cpu NaN": js("/scheduler/filter", ext(res(cpu="NaN"))),
+    "ext cpu 1e400": js("/scheduler/filter", ext(res(cpu="1e400"))),
+    "ext memory huge": js("/scheduler/filter", ext(res(memory="9" * 60 + "Ei"))),
+    "ext quantity long": js("/scheduler/filter", ext(res(cpu="1" * 500))),
+    "ext cpu negative": js("/scheduler/filter", ext(res(cpu="-1"))),
+    "ext cpu object": js("/scheduler/filter", ext(res(cpu={"a": 1}))),
+    "ext limits string": js("/scheduler/filter", ext([{"resources": {"limits": "ab"}}])),
+    "ext resources list": js("/scheduler/filter", ext([{"resources": []}])),
+    "ext container string": js("/scheduler/filter", ext(["c"])),
+    "ext containers object": js("/scheduler/filter", ext({"a": 1})),
+    "ext gpu half unit": js("/scheduler/prioritize", ext(res(**{"keti.re.kr/gpu-pct": "0.5"}))),
+    "ext gpu 250 units": js("/scheduler/filter", ext(res(**{"keti.re.kr/gpu-pct": "250"}))),
+    "ext gpu 10000 units": js("/scheduler/filter", ext(res(**{"keti.re.kr/gpu-pct": "10000"}))),
+    "ext pod missing": js("/scheduler/filter", {"NodeNames": ["sim-node-00"]}),
+    "ext pod list": js("/scheduler/filter", {"Pod": [], "NodeNames": []}),
+    "ext metadata string": js("/scheduler/filter", ext(meta="x")),
+    "ext name missing": js("/scheduler/filter", ext(meta={"namespace": "ml"})),
+    "ext namespace ../..": js("/scheduler/filter", ext(meta={"name": "a", "namespace": "../.."})),
+    "ext name control": js("/scheduler/filter", ext(meta={"name": "a\u0000b"})),
+    "ext uid number": js("/scheduler/filter", ext(meta={"name": "a", "uid": 5})),
+    "ext nodenames ints": js("/scheduler/filter", {**ext(), "NodeNames": [1, 2]}),
+    "ext nodenames string": js("/scheduler/filter", {**ext(), "NodeNames": "a"}),
+    "ext nodes items bad": js(
+        "/scheduler/filter", {"Pod": EXT_POD, "Nodes": {"items": [{"metadata": 3}]}}
+    ),
+    "ext args array": js("/scheduler/prioritize", [1, 2]),
+    "ext prioritize bad": js("/scheduler/prioritize", ext(res(cpu="Infinity"))),
+}
+
+
+def chunks(total: int, size: int = 64 * 1024):
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+def test_bad_input_table_is_4xx_and_changes_nothing(served):
+    client, port, _ = served
+    alloc(client, "standing", milli=200)
+    before = client.get("/partition").json()
+    failures = {}
+    for case, (method, path, body, ctype) in BAD_INPUTS.items():
+        headers = {"content-type": ctype} if ctype else {}
+        r = client.request(method, path, content=body, headers=headers)
+        if not 400 <= r.status_code < 500:
+            failures[case] = (r.status_code, r.text[:200])
+        elif len(r.content) > 2000:
+            failures[case] = ("long answer", len(r.content))
+        elif r.status_code == 422:
+            detail = r.json()["detail"]
+            assert isinstance(detail, list) and all("loc" in d and "msg" in d for d in detail), case
+    assert failures == {}
+    # Bodies over 1 MB: 413 while streaming (chunked, no length) and from Content-Length.
+    big = client.post(
+        "/allocate", content=chunks(3 * 1024 * 1024), headers={"content-type": "application/json"}
+    )
+    assert big.status_code == 413 and "larger than 1 MB" in big.text
+    sized = client.post(
+        "/allocate", content=b" " * (1024 * 1024 + 1), headers={"content-type": "application/json"}
+    )
+    assert sized.status_code == 413
+    # Auth variants against the token-protected twin.
+    for header in (
+        None,
+        "Bearer nope",
+        "Basic " + TOKEN,
+        "Bearer",
+        f"Bearer {TOKEN}x",
+        "Bearer t\u00f6ken",
+        "Bearer " + "\u00e9" * 5000,
+    ):
+        headers = {"authorization": header.encode("latin-1", "replace")} if header else {}
+        r = httpx.get(f"http://127.0.0.1:{port}/secure/partition", headers=headers, timeout=30)
+        assert r.status_code == 401, (header[:20] if header else header, r.status_code)
+    raw_utf8 = [(b"authorization", "Bearer t\u00f6ken".encode())]
+    r = httpx.get(f"http://127.0.0.1:{port}/secure/partition", headers=raw_utf8, timeout=30)
+    assert r.status_code == 401
+    assert client.get("/partition").json() == before
+    client.post("/release", json={"pod": "standing"})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -100,3 +103,93 @@ def test_killed_writer_loses_no_acknowledged_row(tmp_path):
     assert acked <= len(times) <= acked + 5  # at most the one unacknowledged batch extra
     store.flush()
     assert TelemetryStore(tmp_path).count("samples") == len(times)
+
+
+def test_torn_tail_then_more_rows_then_restart_keeps_every_acknowledged_row(tmp_path):
+    store = TelemetryStore(tmp_path)
+    store.push("samples", [sample(1.0 + i) for i in range(5)])
+    with store.current.open("ab") as handle:  # a crash in the middle of writing a record
+        handle.write(b'8badf00d {"k":"samples","r":{"time": 9')
+    store = TelemetryStore(tmp_path)  # restart: the torn record is cut off
+    store.push("samples", [sample(100.0 + i) for i in range(3)])  # acknowledged after it
+    times = TelemetryStore(tmp_path).read("samples")["time"].to_pylist()
+    assert sorted(times) == [1.0, 2.0, 3.0, 4.0, 5.0, 100.0, 101.0, 102.0]
+
+
+def test_a_damaged_middle_record_loses_only_itself(tmp_path):
+    store = TelemetryStore(tmp_path)
+    for i in range(6):
+        store.push("samples", [sample(float(i))])
+    lines = store.current.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b'"time":2.0', b'"time":7.0')  # bit rot: CRC no longer fits
+    lines[3] = b"\xff\xfe garbage"
+    store.current.write_bytes(b"\n".join(lines))
+    reopened = TelemetryStore(tmp_path)
+    assert reopened.read("samples")["time"].to_pylist() == [0.0, 1.0, 4.0, 5.0]
+    assert reopened.bad_records >= 2
+    reopened.push("samples", [sample(6.0)])
+    assert reopened.flush() == 5  # the damaged records are dropped, the rest moves to Parquet
+    assert TelemetryStore(tmp_path).read("samples")["time"].to_pylist() == [0.0, 1.0, 4.0, 5.0, 6.0]
+
+
+def test_small_files_are_compacted_and_a_crash_mid_compaction_is_finished(tmp_path):
+    store = TelemetryStore(tmp_path, compact_files=4)
+    for i in range(3):
+        store.push("samples", [sample(10.0 + i)])
+        store.flush()
+    folder = next(tmp_path.glob("samples/date=*/node=*"))
+    assert len(list(folder.glob("part-*.parquet"))) == 3
+    store.push("samples", [sample(13.0)])
+    store.flush()  # the 4th file: merged into one
+    assert len(list(folder.glob("part-*.parquet"))) == 1
+    assert store.read("samples")["time"].to_pylist() == [10.0, 11.0, 12.0, 13.0]
+    # A compaction that died after the merged file appeared, before the sources went away.
+    for i in range(3):
+        store.push("samples", [sample(20.0 + i)])
+        store.flush()
+    files = sorted(folder.glob("part-*.parquet"))
+    target = folder / "part-c-crashed.parquet"
+    from keti_ray.telemetry.schema import SAMPLES
+
+    pq.write_table(pa.concat_tables([pq.read_table(f, schema=SAMPLES) for f in files]), target)
+    plan = {"target": target.name, "tmp": ".x.tmp", "sources": [f.name for f in files]}
+    (folder / ".compact-crashed.json").write_text(json.dumps(plan))
+    assert store.count("samples") == 7  # readers already skip the merged sources
+    reopened = TelemetryStore(tmp_path, compact_files=4)
+    assert sorted(folder.glob("part-*.parquet")) == [target]
+    assert sorted(reopened.read("samples")["time"].to_pylist()) == [
+        10.0,
+        11.0,
+        12.0,
+        13.0,
+        20.0,
+        21.0,
+        22.0,
+    ]
+
+
+def test_allocator_events_go_through_a_bounded_queue_that_drops_and_counts(tmp_path):
+    import threading
+
+    from keti_ray.booking import AllocationService
+    from keti_ray.simcluster import simulated_nodes
+
+    from ..factories import pod
+
+    store = TelemetryStore(tmp_path, writer="allocator")
+    gate = threading.Event()
+    real_push = store.push
+    store.push = lambda kind, rows: (gate.wait(30), real_push(kind, rows))[1]  # a slow disk
+    service = AllocationService(simulated_nodes(2), telemetry=store)
+    service.events.queue.maxsize = 5
+    start = time.perf_counter()
+    for i in range(40):
+        service.allocate(pod(f"p{i}", num=1, milli=100))
+    assert time.perf_counter() - start < 5  # the requests never waited for the disk
+    text = service.metrics_text().decode()
+    dropped = float(re.search(r"^keti_allocator_telemetry_dropped_total (\S+)$", text, re.M)[1])
+    assert dropped >= 20  # at most 5 queued plus the few the writer took before it blocked
+    gate.set()
+    service.push_events()
+    assert store.count("events") == 40 - dropped
+    service.close()
