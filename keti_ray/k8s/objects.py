@@ -41,6 +41,18 @@ def _quantity(value: Any, where: str) -> float:
         raise ObjectError(f"{where}: {value!r} is not a Kubernetes quantity") from None
 
 
+def _uniform_int(text: str | None, where: str) -> int | None:
+    """A per-GPU number the node agent publishes: one value, or a comma list in index order
+    when the GPUs differ (then None: not one number for the node)."""
+    if text in (None, ""):
+        return None
+    try:
+        values = {int(v) for v in str(text).split(",")}
+    except ValueError:
+        raise ObjectError(f"{where}: {text!r} is not an integer or a comma list of them") from None
+    return values.pop() if len(values) == 1 else None
+
+
 @dataclass(frozen=True)
 class GpuNode:
     """A node as the allocator models it. `spec` is None when the node cannot be modelled
@@ -70,10 +82,8 @@ def gpu_node(node: dict) -> GpuNode | None:
         units = int(
             _quantity(alloc.get(GPU_RESOURCE, 0), f"node {name} allocatable {GPU_RESOURCE}")
         )
-        sm = ann.get(ANN_GPU_SM_COUNT)
-        memory = ann.get(ANN_GPU_MEMORY_MIB)
-        sm_count = int(sm) if sm not in (None, "") else None
-        memory_mib = int(memory) if memory not in (None, "") else None
+        sm_count = _uniform_int(ann.get(ANN_GPU_SM_COUNT), f"annotation {ANN_GPU_SM_COUNT}")
+        memory_mib = _uniform_int(ann.get(ANN_GPU_MEMORY_MIB), f"annotation {ANN_GPU_MEMORY_MIB}")
         cpu_milli = int(_quantity(alloc.get("cpu", 0), f"node {name} allocatable cpu") * 1000)
         mem_mib = int(_quantity(alloc.get("memory", 0), f"node {name} allocatable memory") / MIB)
     except (ObjectError, ValueError) as exc:

@@ -35,6 +35,7 @@ class Facade(Protocol):
     """What the sync calls on the allocation service (CONTRACTS §4)."""
 
     def release(self, key: str, uid: str | None = None) -> bool: ...
+    def bookings(self) -> list[dict]: ...
     def reconcile(self, live: Mapping[str, str]) -> dict: ...
     def replace_nodes(
         self, nodes: Sequence[NodeSpec], gpu_uuids: Mapping[str, Sequence[str]]
@@ -74,6 +75,7 @@ class ClusterSync:
         backoff_s: tuple[float, float] = (0.2, 10.0),
     ) -> None:
         self.facade = facade
+        self.api = api
         self.resync_s = resync_s
         self.nodes: dict[str, GpuNode] = {}
         self.pods: dict[str, GpuPod] = {}  # pod key -> the pod, for GPU pods not finished
@@ -188,7 +190,38 @@ class ClusterSync:
             for pod in finished:
                 self._release(pod)
             self.pods = pods
+            self._release_vanished(pods)
             self._reconcile()
+
+    def _release_vanished(self, pods: Mapping[str, GpuPod]) -> None:
+        """Bookings whose pod is not in the new list (or is another incarnation of it): the
+        pod is read once more, and released if it is really gone. This covers pods deleted
+        while no watch was open and never seen here (the allocator was down), without
+        waiting for the service's reconcile grace; a pod created after the list (a bind under
+        way) is found by the read and kept."""
+        for booking in self.facade.bookings():
+            key, uid = booking["pod"], booking.get("uid")
+            pod_key = "/".join(key.split("/")[:2])
+            listed = pods.get(pod_key)
+            if listed is not None and (not uid or listed.uid == uid):
+                continue
+            if self._gone(pod_key, uid) and self.facade.release(key, uid):
+                self.released += 1
+                log.info("released %s: its pod is gone", key)
+
+    def _gone(self, pod_key: str, uid: str | None) -> bool:
+        namespace, _, name = pod_key.partition("/")
+        try:
+            resp = self.api.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=(5, 30)
+            )
+            obj = json.loads(resp.data)
+        except client.ApiException as exc:
+            return exc.status == 404
+        except Exception:  # cannot tell: keep it (the next relist or reconcile decides)
+            return False
+        pod = self._read(obj)
+        return pod is None or pod.terminal or bool(uid and pod.uid != uid)
 
     def _pod_event(self, kind: str, obj: dict) -> None:
         with self._lock:

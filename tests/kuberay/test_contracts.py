@@ -370,7 +370,7 @@ def test_rbac_rules_are_exact(manifests: list[Manifest]) -> None:
         ("pods", "patch"),
         ("pods/binding", "create"),
     }
-    assert _rules(manifests, "keti-node-agent") == {("pods", "list")}
+    assert _rules(manifests, "keti-node-agent") == {("pods", "list"), ("nodes", "patch")}
 
 
 def test_keti_images_are_one_image(manifests: list[Manifest]) -> None:
