@@ -87,8 +87,12 @@ class SchedulerStandIn:
     node's allocatable keti.re.kr/gpu-pct minus what bound pods request), then POST
     <urlPrefix>/filter with ExtenderArgs{Pod, Nodes} (nodeCacheCapable: false sends the Node
     objects), POST /prioritize, the highest weighted score wins (ties: first node), then POST
-    /bind with ExtenderBindingArgs. `ignorable`: when the extender cannot be reached, filter and
-    prioritize are skipped and the default binder binds (pods/binding) instead."""
+    /bind with ExtenderBindingArgs. `ignorable` ("scheduling should not fail when the extender
+    returns an error or is not reachable", KubeSchedulerConfiguration docs): a filter or
+    prioritize that errs or cannot be reached is skipped. For bind, this stand-in takes the
+    default binder (pods/binding) only when the extender cannot be reached at all, and retries
+    the pod after a bind that answered an error; kube-scheduler's exact choice there is not
+    checked here (no kube-scheduler runs on these machines)."""
 
     api: client.CoreV1Api
     http: httpx.Client
@@ -143,7 +147,7 @@ class SchedulerStandIn:
             if status == 200 and isinstance(scores, list):
                 best = {s["Host"]: s["Score"] * self.weight for s in scores}
                 nodes.sort(key=lambda n: -best.get(n["metadata"]["name"], 0))
-        elif not (self.ignorable and status in (0, 502, 503)):
+        elif not self.ignorable:
             return None
         target = nodes[0]["metadata"]["name"]
         meta = pod["metadata"]
@@ -158,7 +162,7 @@ class SchedulerStandIn:
         )
         if status == 200 and isinstance(result, dict) and result.get("Error") == "":
             return target
-        if status in (0, 502, 503) and self.ignorable:
+        if status == 0 and self.ignorable:  # not reachable: the default binder binds
             self.default_binds += 1
             body = {
                 "metadata": {"name": meta["name"], "uid": meta["uid"]},
