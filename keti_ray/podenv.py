@@ -13,6 +13,7 @@ from keti_ray.constants import (
     ENV_LD_PRELOAD,
     ENV_MPS_PIPE_DIRECTORY,
     ENV_NVIDIA_VISIBLE_DEVICES,
+    ENV_VAI_DEVICE_SM_COUNT,
     ENV_VAI_MEMORY_LIMIT,
     ENV_VAI_STATUS_DIR,
     GPU_UNITS_PER_DEVICE,
@@ -26,7 +27,7 @@ CONTAINER_STATUS_DIR = "/var/run/vai"
 
 def sm_pct_for_milli(gpu_milli: int) -> int:
     """SM percent for a share of one GPU (`keti_ray.shares`' rounding rule; 100 = whole GPU):
-    470 milli -> 47, 995 -> 99 (capped: only 1000 is uncapped), 5 -> 1."""
+    470 milli -> 47, 995 -> 99 (capped: only 1000 is uncapped), 5 -> 5 (the minimum)."""
     return limit_pct(gpu_milli) or GPU_UNITS_PER_DEVICE
 
 
@@ -37,8 +38,12 @@ def gpu_pod_env(
     shim_path: str = SHIM_CONTAINER_PATH,
     mps_pipe_dir: str = MPS_PIPE_DIR,
     status_dir: str = CONTAINER_STATUS_DIR,
+    device_sm_count: int | None = None,
 ) -> dict[str, str]:
-    """Env for a pod holding `gpu_uuids` at `sm_pct` % of SMs (100 = whole GPUs, no cap)."""
+    """Env for a pod holding `gpu_uuids` at `sm_pct` % of SMs (100 = whole GPUs, no cap).
+
+    `device_sm_count` (NVML's, in the plugin) becomes VAI_DEVICE_SM_COUNT: the count the shim
+    reports to libraries whose kernel choice breaks on a share's count (cuBLAS)."""
     if not gpu_uuids:
         raise ValueError("gpu_uuids must name at least one GPU")
     if not 1 <= sm_pct <= GPU_UNITS_PER_DEVICE:
@@ -53,6 +58,8 @@ def gpu_pod_env(
         env[ENV_BLESS_LIMIT_PCT] = str(sm_pct)
     if memory_limit_mib is not None:
         env[ENV_VAI_MEMORY_LIMIT] = f"{memory_limit_mib}Mi"
+    if device_sm_count:
+        env[ENV_VAI_DEVICE_SM_COUNT] = str(device_sm_count)
     return env
 
 

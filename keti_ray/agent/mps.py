@@ -4,6 +4,14 @@ MPS is what lets two SM-capped pods run side by side (../shared/docs/sm-partitio
 the agent keeps one control daemon per node, with the pipe directory every pod mounts
 (`CUDA_MPS_PIPE_DIRECTORY`).  Commands are those of `nvidia-cuda-mps-control`: `-d` starts
 the daemon, `get_server_list` on stdin queries it, `quit` stops it.
+
+Ceilings (`apply_ceilings`): the daemon's `set_default_active_thread_percentage` and
+`set_default_device_pinned_mem_limit` are ceilings no client env can pass (measured on the
+H200, ../shared/docs/sm-partitioning.md).  A default only reaches servers started after it,
+so running servers get the same values through `set_active_thread_percentage <PID>` /
+`set_device_pinned_mem_limit <PID>`; and `quit` forgets them, so a restarted daemon gets them
+again.  Each value is read back with the matching `get_*` command.  The daemon runs with
+CUDA_DEVICE_ORDER=PCI_BUS_ID so its device ordinals are NVML's indices.
 """
 
 from __future__ import annotations
@@ -68,12 +76,63 @@ class MpsDaemon:
         env = dict(os.environ)
         env[ENV_MPS_PIPE_DIRECTORY] = str(self.pipe_dir)
         env[ENV_MPS_LOG_DIRECTORY] = str(self.log_dir)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # device ordinals = NVML indices
         return env
+
+    def ask(self, command: str) -> str:
+        """One command's printed answer; MpsError when the daemon does not answer."""
+        proc = self.control(command)
+        if proc.returncode != 0:
+            raise MpsError(f"'{command}': {(proc.stdout + proc.stderr).strip()}")
+        return proc.stdout.strip()
+
+    def servers(self) -> list[int]:
+        """PIDs of the running MPS server instances (`get_server_list`)."""
+        return sorted(int(w) for w in self.ask("get_server_list").split() if w.isdigit())
+
+    def apply_ceilings(self, ceilings: MpsCeilings) -> dict[str, object]:
+        """Set the ceilings as defaults and on every running server, then read each back
+        (three control sessions: servers, sets, gets); MpsError naming what did not take."""
+        pct = f"{ceilings.thread_pct}"
+        pinned = sorted(ceilings.pinned_mib.items())
+        servers = self.servers()
+        pairs = [
+            (f"set_default_active_thread_percentage {pct}",
+             "get_default_active_thread_percentage", pct),
+        ] + [
+            (f"set_default_device_pinned_mem_limit {dev} {mib}M",
+             f"get_default_device_pinned_mem_limit {dev}", f"{mib}M")
+            for dev, mib in pinned
+        ]  # fmt: skip
+        for pid in servers:
+            pairs.append(
+                (f"set_active_thread_percentage {pid} {pct}",
+                 f"get_active_thread_percentage {pid}", pct)
+            )  # fmt: skip
+            pairs += [
+                (f"set_device_pinned_mem_limit {pid} {dev} {mib}M",
+                 f"get_device_pinned_mem_limit {pid} {dev}", f"{mib}M")
+                for dev, mib in pinned
+            ]  # fmt: skip
+        said = self.ask("\n".join(p[0] for p in pairs))
+        got = self.ask("\n".join(p[1] for p in pairs)).splitlines()
+        if len(got) != len(pairs):
+            raise MpsError(
+                f"MPS daemon answered {len(got)} of {len(pairs)} queries: {got} {said!r}"
+            )
+        wrong = [(p[0], g) for p, g in zip(pairs, got, strict=True) if not _same(g, p[2])]
+        if wrong:
+            raise MpsError(f"MPS ceilings did not take: {wrong} (daemon said {said!r})")
+        return {
+            "thread_pct": ceilings.thread_pct,
+            "pinned_mib": ceilings.pinned_mib,
+            "servers": servers,
+        }
 
     def control(
         self, command: str, timeout_s: float | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Send one command to the daemon (as `echo CMD | nvidia-cuda-mps-control`)."""
+        """Send command lines to the daemon (as `echo CMD | nvidia-cuda-mps-control`)."""
         return subprocess.run(
             [self.binary],
             input=command + "\n",
@@ -212,6 +271,30 @@ class MpsDaemon:
                 return True
             time.sleep(0.05)
         return False
+
+
+@dataclass(frozen=True)
+class MpsCeilings:
+    """Server ceilings: active thread percentage (all devices) and pinned MiB per device."""
+
+    thread_pct: int
+    pinned_mib: dict[int, int]
+
+
+def _same(got: str, want: str) -> bool:
+    """`get_*` answers: '25.0' for 25, '2048M' for 2048M (also '2G')."""
+    got = got.strip().splitlines()[-1].strip() if got.strip() else ""
+    try:
+        return float(got) == float(want)
+    except ValueError:
+        pass
+
+    def mib(v: str) -> float | None:
+        if v[-1:] in "MG" and v[:-1].replace(".", "", 1).isdigit():
+            return float(v[:-1]) * (1024 if v[-1] == "G" else 1)
+        return None
+
+    return mib(got) is not None and mib(got) == mib(want)
 
 
 def _alive(pid: int) -> bool:

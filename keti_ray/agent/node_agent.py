@@ -17,12 +17,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keti_ray.agent.mps import MpsDaemon
-from keti_ray.agent.telemetry import ListSink, TelemetrySampler, TelemetrySink, read_status_dir
+from keti_ray.agent.ceilings import ceilings_for
+from keti_ray.agent.mps import MpsCeilings, MpsDaemon
+from keti_ray.agent.telemetry import (
+    ListSink,
+    TelemetrySampler,
+    TelemetrySink,
+    read_status_dir,
+    sms_granted,
+)
 from keti_ray.constants import (
     DEVICE_PLUGIN_DIR,
     ENV_GPU_UUID,
     GPU_UNITS_PER_DEVICE,
+    LIMITS_HOST_DIR,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
     VAI_STATUS_HOST_DIR,
@@ -32,6 +40,7 @@ from keti_ray.deviceplugin.allocations import GpuAllocation
 from keti_ray.deviceplugin.gpu import SHIM_HOST_PATH, GpuPlugin
 from keti_ray.deviceplugin.npu import NpuPlugin, discover_npus
 from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo, SimulatedBackend, open_backend
+from keti_ray.shares import Mechanism, device_sm_count, granted_sms
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,13 @@ class AgentConfig:
     mps_log_dir: str = MPS_LOG_DIR
     mps_binary: str = "nvidia-cuda-mps-control"
     status_host_dir: str = VAI_STATUS_HOST_DIR
+    limits_host_dir: str = LIMITS_HOST_DIR
+    mps_ceilings: bool = True  # set the MPS server ceilings from the allocations
+    ceilings_interval_s: float = 0.5  # re-check when the plugin runs in another process
+    apiserver: str | None = None  # decisions: None = no API server; "incluster"; or a URL
+    apiserver_token: str | None = None  # with a URL (tests)
+    pod_resources_socket: str | None = None  # kubelet's PodResources socket (reconcile)
+    reconcile_interval_s: float = 30.0
     sysfs_root: str = "/sys"
     dev_root: str = "/dev"
     telemetry_interval_s: float = 1.0
@@ -67,6 +83,35 @@ class AgentConfig:
             if isinstance(v, str):
                 values[k] = v.replace("{node_id}", node_id)
         return AgentConfig(**values)
+
+
+class AgentMetrics:
+    """The node agent's gauges (names in CONTRACTS §5), in a registry of its own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Gauge
+
+        self.registry = CollectorRegistry()
+        self.up = Gauge("keti_agent_up", "1 while the node agent runs", registry=self.registry)
+        self.up.set(1)
+        self.gpu_healthy = Gauge(
+            "keti_agent_gpu_healthy",
+            "1 when the GPU is Healthy",
+            ["gpu_uuid"],
+            registry=self.registry,
+        )
+        self.occupancy = Gauge(
+            "keti_agent_sm_occupancy_ratio",
+            "SMs the shim granted to running processes on the GPU, over the GPU's SMs",
+            ["gpu_uuid"],
+            registry=self.registry,
+        )
+        self.shimless = Gauge(
+            "keti_agent_shimless_processes",
+            "processes computing on a shared GPU without a shim status line",
+            ["gpu_uuid"],
+            registry=self.registry,
+        )
 
 
 def current_node_id() -> str:
@@ -98,6 +143,10 @@ class NodeAgent:
         self.chooser_name = ""
         self.problems: list[str] = []  # what could not start, for info()
         self._halt = threading.Event()
+        self._ceilings_lock = threading.Lock()
+        self.ceilings: MpsCeilings | None = None  # last applied
+        self._closers: list = []
+        self.metrics = AgentMetrics()
 
         if cfg.gpu:
             self._start_gpu(cfg)
@@ -109,6 +158,10 @@ class NodeAgent:
             self.mps = MpsDaemon(cfg.mps_pipe_dir, cfg.mps_log_dir, binary=cfg.mps_binary)
             self._mps_check()
             threading.Thread(target=self._mps_loop, name="mps-health", daemon=True).start()
+            if cfg.mps_ceilings and self.gpu_plugin is None:  # plugin elsewhere: poll records
+                threading.Thread(
+                    target=self._ceilings_loop, name="mps-ceilings", daemon=True
+                ).start()
         self.sampler = TelemetrySampler(
             self.node_id,
             self.backend,
@@ -118,6 +171,7 @@ class NodeAgent:
             units_by_gpu=self.units_by_gpu,
             partition=self.partition_table,
             interval_s=cfg.telemetry_interval_s,
+            observers=[self._observe],
         )
         self.sampler.start()
 
@@ -143,6 +197,7 @@ class NodeAgent:
         self.gpus = [g for g in found if not uuids or g.uuid in uuids]
         if not cfg.serve_plugins:
             return
+        decisions, pod_resources = self._decision_sources(cfg)
         self.gpu_plugin = GpuPlugin(
             self.backend,
             cfg.plugin_dir,
@@ -150,19 +205,100 @@ class NodeAgent:
             shim_host_path=cfg.shim_host_path,
             mps_pipe_dir=cfg.mps_pipe_dir,
             status_host_dir=cfg.status_host_dir,
+            limits_host_dir=cfg.limits_host_dir,
             only_uuids=uuids or None,
+            decisions=decisions,
+            pod_resources=pod_resources,
+            reconcile_interval_s=cfg.reconcile_interval_s,
+            # raise the MPS ceilings BEFORE Allocate returns (the pod's process starts after)
+            on_allocate=lambda _rec: self.update_ceilings(),
+            registry=self.metrics.registry,
         )
+        if decisions is not None:
+            decisions.held = self.gpu_plugin._held_containers
         self.chooser_name = self.gpu_plugin.chooser_name
         self.gpu_plugin.start()
+
+    def _decision_sources(self, cfg: AgentConfig):
+        """The API-server pod lister and PodResources client the plugin uses, where set."""
+        from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
+        from keti_ray.deviceplugin.podresources import PodResourcesClient
+
+        pod_resources = None
+        if cfg.pod_resources_socket:
+            pod_resources = PodResourcesClient(cfg.pod_resources_socket)
+            self._closers.append(pod_resources.close)
+        decisions = None
+        if cfg.apiserver:
+            host = None if cfg.apiserver == "incluster" else cfg.apiserver
+            pods = ApiServerPods.from_environment(
+                self.node_id, host=host, token=cfg.apiserver_token
+            )
+            self._closers.append(pods.close)
+            decisions = DecisionFinder(self.node_id, pods.pods, lambda: set())
+        return decisions, pod_resources
 
     def _mps_check(self) -> None:
         try:
             state = self.mps.ensure()
             if state == "unavailable" and not any("MPS" in p for p in self.problems):
                 self.problems.append(f"{self.mps.binary} not found: MPS not managed on this node")
+            if state == "restarted":  # `quit` forgot every value: set the ceilings again
+                with self._ceilings_lock:
+                    self.ceilings = None
+            if state != "unavailable":
+                self.update_ceilings()
         except Exception as e:
             self.problems.append(f"MPS: {e}")
             log.warning("MPS: %s", e)
+
+    def _observe(self, batch: list[dict[str, Any]]) -> None:
+        """Each telemetry batch -> the agent's Prometheus gauges (CONTRACTS §5)."""
+        for r in batch:
+            if r["kind"] != "gpu":
+                continue
+            u = r["gpu_uuid"]
+            self.metrics.gpu_healthy.labels(u).set(1.0 if self.gpu_healthy(u) else 0.0)
+            ratio = (r["sms_granted"] or 0) / r["sms_device"] if r.get("sms_device") else 0.0
+            self.metrics.occupancy.labels(u).set(min(1.0, ratio))
+            self.metrics.shimless.labels(u).set(len(r["shimless_pids"]))
+
+    def gpu_healthy(self, uuid: str) -> bool:
+        """The plugin's verdict where it runs here, else a probe."""
+        if self.gpu_plugin is not None:
+            return self.gpu_plugin.gpu_healthy(uuid)
+        try:
+            return bool(self.backend and self.backend.probe(uuid))
+        except Exception:
+            return False
+
+    def metrics_text(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.metrics.registry).decode()
+
+    def update_ceilings(self) -> MpsCeilings | None:
+        """Apply the MPS ceilings the allocations call for, when they changed (ceilings.py)."""
+        if self.mps is None or not self.config.mps_ceilings or not self.mps.available():
+            return None
+        want = ceilings_for(self.allocations().values(), self.gpus)
+        with self._ceilings_lock:
+            if want == self.ceilings:
+                return want
+            try:
+                self.mps.apply_ceilings(want)
+            except Exception as e:  # an unreachable daemon: the shim's env still caps clients
+                log.warning("MPS ceilings not applied: %s", e)
+                return None
+            self.ceilings = want
+        log.info(
+            "MPS ceilings: %d%% threads, pinned MiB per device %s", want.thread_pct, want.pinned_mib
+        )
+        return want
+
+    def _ceilings_loop(self) -> None:
+        while not self._halt.wait(self.config.ceilings_interval_s):
+            self.update_ceilings()
 
     def _mps_loop(self) -> None:
         while not self._halt.wait(self.config.mps_check_s):
@@ -220,9 +356,21 @@ class NodeAgent:
         mps_up = bool(self.mps and self.mps.status().running)
         index = {g.uuid: g.index for g in self.gpus}
         rows = []
+        sms_of = {g.uuid: g.sm_count or device_sm_count(g.name) for g in self.gpus}
         for a in sorted(self.allocations().values(), key=lambda a: a.created_at):
             lines = shim.get(a.allocation_id, [])
             reported = sorted({str(x["mechanism"]) for x in lines if "mechanism" in x})
+            grants = [g for g in (sms_granted(x) for x in lines) if g]
+            device_sms = next(
+                (
+                    x["sms_device"]
+                    for x in lines
+                    if isinstance(x.get("sms_device"), int) and x["sms_device"] > 0
+                ),
+                a.device_sms or sms_of.get(a.gpu_uuids[0]),
+            )
+            mech = Mechanism.GREEN if any("green" in m for m in reported) else Mechanism.MPS
+            booked_pct = min(a.units, GPU_UNITS_PER_DEVICE) if a.bless_limit_pct else None
             if reported:
                 mechanism = ",".join(reported)
             elif a.units >= GPU_UNITS_PER_DEVICE:
@@ -233,11 +381,17 @@ class NodeAgent:
                 rows.append(
                     {
                         "allocation_id": a.allocation_id,
-                        "pod": next((str(x["pod"]) for x in lines if "pod" in x), None),
+                        "pod": next((str(x["pod"]) for x in lines if "pod" in x), a.pod),
                         "gpu_uuid": u,
                         "gpu_index": index[u],
                         "units": min(a.units, GPU_UNITS_PER_DEVICE),
                         "bless_limit_pct": a.bless_limit_pct,
+                        "sm_pct_booked": booked_pct or GPU_UNITS_PER_DEVICE,
+                        "sms_booked": granted_sms(booked_pct, device_sms, mech)
+                        if device_sms
+                        else None,
+                        "sms_granted": max(grants) if grants else None,
+                        "sms_device": device_sms,
                         "memory_limit": a.memory_limit,
                         "mechanism": mechanism,
                         "reported_by_shim": bool(reported),
@@ -270,5 +424,7 @@ class NodeAgent:
                 p.stop()
         if stop_mps and self.mps is not None and self.mps.available():
             self.mps.stop()
+        for close in self._closers:
+            close()
         if self.backend is not None:
             self.backend.close()

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 from keti_ray.constants import GPU_UNITS_PER_DEVICE
 from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo
 
+MPS_SERVER_COMM = "nvidia-cuda-mps-server"  # NVML lists the MPS server among compute processes
+
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
@@ -94,8 +96,59 @@ class TelemetryCollector:
         return out
 
 
+def sms_granted(status: dict[str, Any]) -> int | None:
+    """The SMs the shim granted, from a status line (`sms_granted`; older lines: `sms`)."""
+    for key in ("sms_granted", "sms"):
+        v = status.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def innermost_pid(host_pid: int, proc: Path = Path("/proc")) -> int:
+    """The PID a host process has in its own (container's) PID namespace: the last `NSpid`
+    field of /proc/<pid>/status (the agent runs with hostPID); the host PID where unknown."""
+    try:
+        for line in (proc / str(host_pid) / "status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return host_pid
+
+
+def is_mps_server(host_pid: int, proc: Path = Path("/proc")) -> bool:
+    try:
+        return (proc / str(host_pid) / "comm").read_text().strip() == MPS_SERVER_COMM
+    except OSError:
+        return False
+
+
+def shimless_pids(
+    compute_pids: Iterable[int],
+    status_lines: Iterable[dict[str, Any]],
+    proc: Path = Path("/proc"),
+) -> list[int]:
+    """Host PIDs computing on a GPU for which no shim status line exists (no shim loaded).
+
+    A status line names its process by the PID inside the pod's PID namespace, so each host
+    PID is compared by its own and by its innermost PID.  MPS server processes are not pods.
+    Not covered: two pods' processes with the same in-container PID on one GPU (one line
+    vouches for both)."""
+    shim = {int(s["pid"]) for s in status_lines if isinstance(s.get("pid"), int)}
+    out = []
+    for pid in compute_pids:
+        if is_mps_server(pid, proc):
+            continue
+        if pid in shim or innermost_pid(pid, proc) in shim:
+            continue
+        out.append(pid)
+    return sorted(out)
+
+
 def parse_status_line(line: str) -> dict[str, Any] | None:
-    """A shim status line: a JSON object, or `key=value` words; None for anything else."""
+    """A shim status line: a JSON object, or `key=value` words; None for anything else.
+    Unknown keys are kept as they are (the shim may add fields)."""
     line = line.strip()
     if not line:
         return None
@@ -135,6 +188,21 @@ def read_status_dir(status_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+# what an "allocation" record carries: the booked share beside what the shim granted
+ALLOCATION_FIELDS = (
+    "gpu_uuid",
+    "allocation_id",
+    "pod",
+    "units",
+    "sm_pct_booked",
+    "sms_booked",
+    "sms_granted",
+    "sms_device",
+    "mechanism",
+    "reported_by_shim",
+)
+
+
 class TelemetrySampler:
     """Samples every `interval_s` in a thread and hands each batch to the sink."""
 
@@ -149,8 +217,12 @@ class TelemetrySampler:
         units_by_gpu: Callable[[], dict[str, int]] | None = None,
         partition: Callable[[], list[dict[str, Any]]] | None = None,
         interval_s: float = 1.0,
+        proc: Path = Path("/proc"),
+        observers: list[Callable[[list[Record]], None]] | None = None,
     ) -> None:
         self.node = node
+        self.proc = proc
+        self.observers = list(observers or [])  # see every batch (the agent's metrics)
         self.backend = backend
         self.gpus = list(gpus)
         self.sink = sink
@@ -166,6 +238,9 @@ class TelemetrySampler:
     def sample(self) -> list[Record]:
         now = time.time()
         units = self.units_by_gpu()
+        partition = self.partition()
+        statuses = read_status_dir(self.status_dir) if self.status_dir is not None else []
+        shared = {r["gpu_uuid"] for r in partition if r["units"] < GPU_UNITS_PER_DEVICE}
         out: list[Record] = []
         for g in self.gpus:
             if self.backend is None:
@@ -181,6 +256,26 @@ class TelemetrySampler:
                 log.debug("utilisation of %s failed: %s", g.uuid, e)
                 continue
             base = {"ts": now, "node": self.node, "gpu_uuid": g.uuid, "gpu_index": g.index}
+            shimless: list[int] = []
+            if g.uuid in shared:  # a shared GPU: every process on it must run under the shim
+                try:
+                    pids = self.backend.compute_pids(g.uuid)
+                except Exception as e:
+                    self.errors += 1
+                    log.debug("compute processes of %s unreadable: %s", g.uuid, e)
+                    pids = []
+                mine = {r["allocation_id"] for r in partition if r["gpu_uuid"] == g.uuid}
+                lines = [
+                    st
+                    for st in statuses
+                    if st.get("gpu_uuid") == g.uuid or st.get("allocation_id") in mine
+                ]
+                shimless = shimless_pids(pids, lines, self.proc)
+                if shimless:
+                    log.warning(
+                        "GPU %s is shared but PIDs %s run without the shim", g.uuid, shimless
+                    )
+            granted = [r["sms_granted"] for r in partition if r["gpu_uuid"] == g.uuid]
             out.append(
                 {
                     **base,
@@ -189,24 +284,31 @@ class TelemetrySampler:
                     "memory_pct": u.memory_pct,
                     "memory_used_mib": u.memory_used_mib,
                     "allocated_units": allocated,
+                    "sms_device": g.sm_count or None,
+                    "sms_granted": sum(x for x in granted if x) or None,
+                    "shared": g.uuid in shared,
+                    "shimless_pids": shimless,
                     "simulated": self.backend.simulated,
                 }
             )
             for p in u.processes:
                 out.append({**base, "kind": "process", **p})
-        for row in self.partition():  # who holds which share, by which mechanism
+        for row in partition:  # who holds which share, by which mechanism, and what it got
             out.append(
                 {
                     "ts": now,
                     "node": self.node,
                     "kind": "allocation",
-                    **{k: row[k] for k in ("gpu_uuid", "allocation_id", "pod", "units")},
-                    "mechanism": row["mechanism"],
+                    **{k: row.get(k) for k in ALLOCATION_FIELDS},
                 }
             )
-        if self.status_dir is not None:
-            for s in read_status_dir(self.status_dir):
-                out.append({"ts": now, "node": self.node, "kind": "shim", **s})
+        for st in statuses:
+            out.append({"ts": now, "node": self.node, "kind": "shim", **st})
+        for observe in self.observers:
+            try:
+                observe(out)
+            except Exception:
+                log.exception("telemetry observer failed")
         return out
 
     def _loop(self) -> None:
@@ -252,7 +354,9 @@ def to_store_samples(records: Iterable[Record]) -> list[dict[str, Any]]:
     """Sampler records -> rows of the telemetry store's `samples` kind.
 
     One row per GPU (its SM utilisation and memory), and one per allocation on it (the pod,
-    or `alloc:<id>` where the shim has not named it, its granted SM percent and mechanism).
+    or `alloc:<id>` where the shim has not named it, the SM percent the SHIM granted, i.e.
+    its status line's SMs over the device's, and the mechanism).  Without a status line the
+    grant is unknown (None): the booked share is not a grant.
     """
     rows: list[dict[str, Any]] = []
     util = {}
@@ -277,11 +381,18 @@ def to_store_samples(records: Iterable[Record]) -> list[dict[str, Any]]:
                     "node": r["node"],
                     "gpu_uuid": r["gpu_uuid"],
                     "pod": r["pod"] or f"alloc:{r['allocation_id']}",
-                    "sm_pct_granted": float(min(max(r["units"], 1), GPU_UNITS_PER_DEVICE)),
+                    "sm_pct_granted": _granted_pct(r),
                     "mechanism": r["mechanism"],
                 }
             )
     return rows
+
+
+def _granted_pct(r: Record) -> float | None:
+    granted, device = r.get("sms_granted"), r.get("sms_device")
+    if not granted or not device:
+        return None
+    return round(min(100.0, 100.0 * granted / device), 3)
 
 
 class StoreSink:
@@ -310,3 +421,96 @@ class StoreSink:
     def flush(self) -> None:
         if self._store is not None:
             self._store.flush()
+
+
+class HttpSink:
+    """POSTs batches to the allocator (`keti-ray agent --standalone`): JSON
+    `{"node", "inventory", "records"}` with a bearer token, from a thread of its own.
+
+    The sampler never waits: batches queue in a bounded buffer (the oldest dropped, and
+    counted, when the allocator is away), and one that fails is kept for the next try.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        node: str,
+        inventory: list[dict[str, Any]] | None = None,
+        token: str | None = None,
+        max_batches: int = 120,
+        timeout_s: float = 3.0,
+        retry_s: float = 1.0,
+    ) -> None:
+        import collections
+
+        self.url = url
+        self.node = node
+        self.inventory = inventory or []
+        self.token = token
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.sent = 0
+        self.dropped = 0
+        self.failures = 0
+        self._queue: collections.deque[list[Record]] = collections.deque(maxlen=max_batches)
+        self._cv = threading.Condition()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="telemetry-push", daemon=True)
+        self._thread.start()
+
+    def put(self, records: list[Record]) -> None:
+        with self._cv:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped += 1
+            self._queue.append(records)
+            self._cv.notify()
+
+    def _post(self, records: list[Record]) -> None:
+        import urllib.request
+
+        body = json.dumps(
+            {"node": self.node, "inventory": self.inventory, "records": records}, default=str
+        ).encode()
+        req = urllib.request.Request(self.url, data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            if resp.status >= 300:
+                raise OSError(f"{self.url} answered {resp.status}")
+
+    def _loop(self) -> None:
+        while not self._halt.is_set():
+            with self._cv:
+                while not self._queue and not self._halt.is_set():
+                    self._cv.wait(0.5)
+                if self._halt.is_set():
+                    return
+                batch = self._queue[0]
+            try:
+                self._post(batch)
+            except Exception as e:  # allocator away: keep the batch, try again later
+                self.failures += 1
+                log.debug("telemetry push to %s failed: %s", self.url, e)
+                self._halt.wait(self.retry_s)
+                continue
+            with self._cv:
+                if self._queue and self._queue[0] is batch:
+                    self._queue.popleft()
+            self.sent += 1
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the queue is empty (True) or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cv:
+                if not self._queue:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self._halt.set()
+        with self._cv:
+            self._cv.notify_all()
+        self._thread.join(timeout=5)

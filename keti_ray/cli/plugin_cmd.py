@@ -16,6 +16,7 @@ from keti_ray.cli import app, fail
 from keti_ray.constants import (
     DEVICE_PLUGIN_DIR,
     ENV_GPU_UUID,
+    LIMITS_HOST_DIR,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
     SHIM_HOST_DIR,
@@ -31,6 +32,19 @@ app.add_typer(plugin_app, name="plugin")
 
 SHIM_HOST_PATH = f"{SHIM_HOST_DIR}/{SHIM_LIBRARY_NAME}"
 PLUGIN_DIR_HELP = "kubelet's device-plugin directory (kubelet.sock lives there)"
+POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+APISERVER_HELP = (
+    "where the pods' keti.re.kr/allocation decisions come from: 'incluster' (the service "
+    "account), a URL, or 'none' (the plugin chooses every GPU itself, counted as fallbacks)"
+)
+
+
+def _apiserver(value: str) -> str | None:
+    if value == "none":
+        return None
+    if value == "incluster" or value.startswith(("http://", "https://")):
+        return value
+    fail(f"--apiserver must be 'incluster', 'none' or an http(s) URL, got {value!r}")
 
 
 def _wait_for_signal(run_for: float | None) -> None:
@@ -65,17 +79,29 @@ def plugin_gpu(
     status_dir: Annotated[
         str, typer.Option(help="host directory for shim status")
     ] = VAI_STATUS_HOST_DIR,
+    limits_dir: Annotated[
+        str, typer.Option(help="host directory of the per-allocation limits files")
+    ] = LIMITS_HOST_DIR,
     probe_interval: Annotated[
         float, typer.Option(min=0.05, help="health probe period, seconds")
     ] = 5.0,
+    apiserver: Annotated[str, typer.Option(help=APISERVER_HELP)] = "none",
+    node_name: Annotated[
+        str | None, typer.Option(envvar="NODE_NAME", help="this node's name (decisions)")
+    ] = None,
+    pod_resources_socket: Annotated[
+        str | None, typer.Option(help="kubelet's PodResources socket; reconcile records from it")
+    ] = None,
     run_for: Annotated[
         float | None, typer.Option(help="stop after this many seconds (tests)")
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve keti.re.kr/gpu-pct (100 SM-percent units per GPU; $GPU_UUID limits the GPUs)."""
+    from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
     from keti_ray.deviceplugin.gpu import GpuPlugin, validate_memory_limit
     from keti_ray.deviceplugin.nvml import open_backend
+    from keti_ray.deviceplugin.podresources import PodResourcesClient
 
     _setup_logging(log_level)
     try:
@@ -87,6 +113,14 @@ def plugin_gpu(
     except Exception as e:
         fail(f"NVML unavailable ({e}); on a node without GPUs pass --simulate N")
     only = [u for u in os.environ.get(ENV_GPU_UUID, "").split(",") if u]
+    api = _apiserver(apiserver)
+    if api and not node_name:
+        fail("--apiserver needs --node-name (or $NODE_NAME): decisions are per node")
+    decisions = None
+    if api:
+        pods = ApiServerPods.from_environment(node_name, host=None if api == "incluster" else api)
+        decisions = DecisionFinder(node_name, pods.pods, lambda: set())
+    pr = PodResourcesClient(pod_resources_socket) if pod_resources_socket else None
     try:
         plugin = GpuPlugin(
             backend,
@@ -95,11 +129,16 @@ def plugin_gpu(
             shim_host_path=shim_host_path,
             mps_pipe_dir=mps_pipe_dir,
             status_host_dir=status_dir,
+            limits_host_dir=limits_dir,
             probe_interval_s=probe_interval,
             only_uuids=only or None,
+            decisions=decisions,
+            pod_resources=pr,
         )
     except ValueError as e:
         fail(str(e))
+    if decisions is not None:
+        decisions.held = plugin._held_containers
     plugin.start()
     typer.echo(
         json.dumps(
@@ -177,6 +216,39 @@ def agent(
         bool,
         typer.Option("--local", help="run one NodeAgent in this process instead of a Ray Fleet"),
     ] = False,
+    standalone: Annotated[
+        bool,
+        typer.Option(
+            "--standalone",
+            help="the GPU DaemonSet's mode: one NodeAgent here, no Ray; serves the plugin, "
+            "MPS + ceilings, pushes telemetry to --allocator-url, publishes the node's GPUs",
+        ),
+    ] = False,
+    node_name: Annotated[
+        str | None, typer.Option(envvar="NODE_NAME", help="this node's name (--standalone)")
+    ] = None,
+    allocator_url: Annotated[
+        str | None, typer.Option(help="--standalone: the allocator's base URL (POST /telemetry)")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="--standalone: bearer token for the allocator")
+    ] = None,
+    apiserver: Annotated[str, typer.Option(help=APISERVER_HELP)] = "none",
+    pod_resources_socket: Annotated[
+        str | None, typer.Option(help="kubelet's PodResources socket (reconcile)")
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option(help="--standalone: publish the GPUs on the Node (needs --apiserver)")
+    ] = True,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="--standalone: serve /metrics on this port (0: any)")
+    ] = None,
+    limits_dir: Annotated[
+        str, typer.Option(help="host directory of the limits files")
+    ] = LIMITS_HOST_DIR,
+    memory_limit: Annotated[
+        str, typer.Option(help="VAI_MEMORY_LIMIT: 'proportional', 'none' or a quantity like 20Gi")
+    ] = "proportional",
     address: Annotated[str, typer.Option(help="Ray cluster address (Fleet mode)")] = "auto",
     plugin_dir: Annotated[
         str, typer.Option(help=PLUGIN_DIR_HELP + "; may hold {node_id}")
@@ -224,8 +296,34 @@ def agent(
         mps_pipe_dir=mps_pipe_dir,
         mps_log_dir=mps_log_dir,
         status_host_dir=status_dir,
+        limits_host_dir=limits_dir,
+        memory_limit=memory_limit,
         telemetry_interval_s=interval,
+        node_name=node_name,
+        apiserver=_apiserver(apiserver),
+        pod_resources_socket=pod_resources_socket,
     )
+    if standalone:
+        from keti_ray.agent.standalone import StandaloneAgent, read_token
+
+        if not node_name:
+            fail("--standalone needs --node-name (or $NODE_NAME)")
+        try:
+            node = StandaloneAgent(
+                config,
+                allocator_url=allocator_url,
+                token=read_token(token_file),
+                publish=publish,
+                metrics_port=metrics_port,
+            )
+        except (ValueError, OSError) as e:
+            fail(str(e))
+        typer.echo(json.dumps(node.info(), default=str))
+        try:
+            _wait_for_signal(run_for)
+        finally:
+            node.stop()
+        return
     if local:
         sink = (
             StoreSink(telemetry_store)

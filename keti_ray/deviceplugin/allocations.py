@@ -30,6 +30,10 @@ class GpuAllocation:
     bless_limit_pct: int | None
     memory_limit: str | None
     created_at: float = field(default_factory=time.time)
+    device_sms: int | None = None  # the GPU's SM count, as written into the limits file
+    pod: str | None = None  # "namespace/name": from the decision, or PodResources later
+    container: str | None = None
+    decided: bool = False  # True: the allocator's decision chose the GPU; False: local fallback
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -48,6 +52,10 @@ class GpuAllocation:
             bless_limit_pct=d.get("bless_limit_pct"),
             memory_limit=d.get("memory_limit"),
             created_at=float(d.get("created_at", 0.0)),
+            device_sms=d.get("device_sms"),
+            pod=d.get("pod"),
+            container=d.get("container"),
+            decided=bool(d.get("decided", False)),
         )
 
 

@@ -14,13 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from keti_ray.deviceplugin.health import APPLICATION_XIDS, boot_id
 from keti_ray.podenv import simulated_gpu_uuid
 from keti_ray.shares import device_sm_count
 
-# XIDs that are the application's fault, not the GPU's (the same list NVIDIA's plugin skips):
-# 13 graphics engine exception, 31 memory page fault, 43 GPU stopped processing,
-# 45 preemptive cleanup, 68 video processor exception, 109 context switch timeout.
-APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = 230  # NVML field: what the driver says the GPU needs
 
 
 @dataclass(frozen=True)
@@ -61,6 +59,14 @@ class GpuBackend(Protocol):
         ...
 
     def utilisation(self, uuid: str) -> GpuUtilisation: ...
+
+    def compute_pids(self, uuid: str) -> list[int]:
+        """Host PIDs of the compute processes on the GPU (MPS clients included)."""
+        ...
+
+    def reset_token(self, uuid: str) -> str:
+        """Changes when the GPU has been reset (ends a fatal XID's quarantine)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -120,7 +126,21 @@ class NvmlBackend:
                 return False
         except (nv.NVMLError, AttributeError):
             pass
+        try:  # the driver's own verdict (XID 154): anything but NONE needs a reset or reboot
+            (fv,) = nv.nvmlDeviceGetFieldValues(h, [NVML_FI_DEV_GET_GPU_RECOVERY_ACTION])
+            if int(fv.nvmlReturn) == nv.NVML_SUCCESS and int(fv.value.uiVal) != 0:
+                return False
+        except (nv.NVMLError, AttributeError, TypeError, ValueError):
+            pass
         return True
+
+    def compute_pids(self, uuid: str) -> list[int]:
+        nv = self._nvml
+        h = nv.nvmlDeviceGetHandleByUUID(uuid)
+        return sorted({int(p.pid) for p in nv.nvmlDeviceGetComputeRunningProcesses(h)})
+
+    def reset_token(self, uuid: str) -> str:
+        return boot_id()
 
     def wait_xid(self, timeout_s: float) -> list[tuple[str, int]]:
         nv = self._nvml
@@ -206,7 +226,7 @@ def _sm_count(nv: object, h: object) -> int:
         name = _text(nv.nvmlDeviceGetName(h))
     except nv.NVMLError:
         return 0
-    return device_sm_count(name) or 0
+    return device_sm_count(name) or 0  # the data sheet (NOT_SUPPORTED on whole GPUs, H200)
 
 
 def _numa_node(nv: object, h: object) -> int | None:
@@ -266,6 +286,8 @@ class SimulatedBackend:
         self._failed: dict[str, int] = {}
         self._pending_xids: list[tuple[str, int]] = []
         self._load: dict[str, float] = {}
+        self._resets: dict[str, int] = {}
+        self._pids: dict[str, list[int]] = {}
         self._cv = threading.Condition()
 
     def discover(self) -> list[GpuInfo]:
@@ -281,6 +303,23 @@ class SimulatedBackend:
     def recover(self, uuid: str) -> None:
         with self._cv:
             self._failed.pop(uuid, None)
+
+    def reset(self, uuid: str) -> None:
+        """A GPU reset: the failure clears and the reset token changes."""
+        with self._cv:
+            self._failed.pop(uuid, None)
+            self._resets[uuid] = self._resets.get(uuid, 0) + 1
+
+    def reset_token(self, uuid: str) -> str:
+        with self._cv:
+            return f"sim-reset-{self._resets.get(uuid, 0)}"
+
+    def set_processes(self, uuid: str, pids: list[int]) -> None:
+        """The compute processes NVML would list on the GPU (telemetry tests)."""
+        self._pids[uuid] = sorted(pids)
+
+    def compute_pids(self, uuid: str) -> list[int]:
+        return list(self._pids.get(uuid, []))
 
     def probe(self, uuid: str) -> bool:
         with self._cv:

@@ -195,7 +195,8 @@ def test_agent_reads_the_partition_of_a_plugin_served_elsewhere(short_tmp):
 
 
 def test_agent_samples_land_in_the_telemetry_store(short_tmp):
-    """StoreSink: per-GPU utilisation and per-allocation grants as `samples` rows."""
+    """StoreSink: per-GPU utilisation and per-allocation grants as `samples` rows; the grant
+    is what the shim's status line says it granted, unknown (None) until one exists."""
     from keti_ray.agent.telemetry import StoreSink
     from keti_ray.telemetry import TelemetryStore
 
@@ -206,6 +207,7 @@ def test_agent_samples_land_in_the_telemetry_store(short_tmp):
         simulate=2,
         mps=False,
         status_host_dir=str(short_tmp / "st"),
+        limits_host_dir=str(short_tmp / "lim"),
         telemetry_interval_s=0.1,
     )
     agent = NodeAgent(cfg, StoreSink(short_tmp / "store"))
@@ -213,13 +215,22 @@ def test_agent_samples_land_in_the_telemetry_store(short_tmp):
         assert kubelet.wait_for(lambda k: k.capacity(GPU_RESOURCE) == 200, 5)
         _, resp = kubelet.admit(GPU_RESOURCE, 25)
         aid = resp.annotations["keti.re.kr/allocation-id"]
-        time.sleep(0.5)
+        time.sleep(0.4)
+        status_host = next(m.host_path for m in resp.mounts if m.container_path == STATUS)
+        # the shim's line (native/vai_accelerator/src/status.c): 25% of 132 SMs -> 32 granted
+        line = {"pid": 7, "gpu_uuid": "x", "mechanism": "mps", "limit_pct": 25,
+                "sms_device": 132, "sms_asked": 33, "sms_granted": 32, "phase": "init"}  # fmt: skip
+        Path(status_host, "vai-7.json").write_text(json.dumps(line) + "\n")
+        time.sleep(0.4)
     finally:
         agent.stop()
         kubelet.stop()
     rows = TelemetryStore(short_tmp / "store", writer="reader").read("samples").to_pylist()
     assert {r["node"] for r in rows} == {"node-s"}
     grants = [r for r in rows if r["pod"] == f"alloc:{aid}"]
-    assert grants and all(r["sm_pct_granted"] == 25.0 and r["mechanism"] == "shim" for r in grants)
+    before = [r for r in grants if r["mechanism"] == "shim"]
+    after = [r for r in grants if r["mechanism"] == "mps"]
+    assert before and all(r["sm_pct_granted"] is None for r in before)
+    assert after and all(r["sm_pct_granted"] == round(100 * 32 / 132, 3) for r in after)
     busy = [r for r in rows if r["pod"] is None and r["gpu_uuid"] == grants[0]["gpu_uuid"]]
     assert busy and busy[-1]["sm_util_pct"] == 25.0  # the simulated model follows the grant

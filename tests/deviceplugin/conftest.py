@@ -36,8 +36,12 @@ def make_gpu_plugin(plugin_dir):
     started: list[GpuPlugin] = []
 
     def make(n: int = 2, **kw) -> tuple[GpuPlugin, SimulatedBackend]:
-        backend = SimulatedBackend(n, numa_nodes=kw.pop("numa_nodes", 1), seed="test-node")
+        extra = {k: kw.pop(k) for k in ("sm_count", "name", "memory_mib") if k in kw}
+        backend = SimulatedBackend(
+            n, numa_nodes=kw.pop("numa_nodes", 1), seed=kw.pop("seed", "test-node"), **extra
+        )
         kw.setdefault("status_host_dir", str(plugin_dir / "status"))
+        kw.setdefault("limits_host_dir", str(plugin_dir / "limits"))
         kw.setdefault("mps_pipe_dir", str(plugin_dir / "mps"))
         kw.setdefault("shim_host_path", str(plugin_dir / "libvai_accelerator.so"))
         kw.setdefault("probe_interval_s", 0.1)

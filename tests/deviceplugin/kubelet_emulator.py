@@ -16,11 +16,20 @@ What it does, as kubelet does:
   Allocate error fails the admission and allocates nothing;
 - `restart()` is a kubelet restart: stop serving, close every plugin connection, delete every
   socket in the directory (keeping `kubelet_internal_checkpoint`), create a new kubelet.sock.
+- with `pod_resources_dir`, serves the PodResources API v1 (`PodResourcesLister`) on
+  `<pod_resources_dir>/kubelet.sock` (real gRPC, real Unix socket): `List` names each admitted
+  pod's containers and the device IDs kubelet allocated to them (a pod appears once its
+  Allocate returned, and stays while it runs, also when its devices turn Unhealthy: kubelet
+  does not evict such pods, kubernetes#60388); `GetAllocatableResources` returns the
+  registered devices that are Healthy (kubernetes PR #104123); `Get` one pod by name.
+  `remove_pod()` is a pod's end: its devices are free and it leaves `List`.
 
 What it does NOT cover: the checkpoint file's content and allocation recovery across restarts,
 the 5-minute grace period before forgetting a resource (devices are only marked Unhealthy),
 the Topology Manager's NUMA alignment, PreStartContainer's 30 s wait and call order, CDI device
-injection, the pod-resources API, and node status/capacity reporting to the API server.
+injection, pods without devices in `List` (kubelet lists every active pod), CPU and memory
+assignments and dynamic resources in PodResources, its `Watch`, and node status/capacity
+reporting to the API server.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ import grpc
 
 from keti_ray.deviceplugin._gen import api_pb2 as pb
 from keti_ray.deviceplugin._gen import api_pb2_grpc as pbg
+from keti_ray.deviceplugin._gen import podresources_pb2 as prpb
+from keti_ray.deviceplugin._gen import podresources_pb2_grpc as prgrpc
 
 SUPPORTED_VERSIONS = ("v1beta1",)
 CHECKPOINT = "kubelet_internal_checkpoint"
@@ -76,12 +87,77 @@ class Endpoint:
     stream_open: bool = False
 
 
+class _PodResources(prgrpc.PodResourcesListerServicer):
+    """kubelet's PodResourcesLister v1, answered from the emulator's device manager state."""
+
+    def __init__(self, kubelet: KubeletEmulator) -> None:
+        self.k = kubelet
+
+    def _pod(self, key: tuple[str, str]) -> prpb.PodResources:
+        ns, name = key
+        with self.k._cv:
+            containers = dict(self.k.pod_devices.get(key, {}))
+        return prpb.PodResources(
+            name=name,
+            namespace=ns,
+            containers=[
+                prpb.ContainerResources(
+                    name=c,
+                    devices=[
+                        prpb.ContainerDevices(resource_name=r, device_ids=sorted(ids))
+                        for r, ids in sorted(by_res.items())
+                    ],
+                )
+                for c, by_res in containers.items()
+            ],
+        )
+
+    def List(self, request, context):  # noqa: N802 (gRPC names)
+        with self.k._cv:
+            keys = list(self.k.pod_devices)
+        return prpb.ListPodResourcesResponse(pod_resources=[self._pod(k) for k in keys])
+
+    def Get(self, request, context):  # noqa: N802
+        key = (request.pod_namespace, request.pod_name)
+        with self.k._cv:
+            known = key in self.k.pod_devices
+        if not known:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"pod {request.pod_name} in namespace {request.pod_namespace} not found",
+            )
+        return prpb.GetPodResourcesResponse(pod_resources=self._pod(key))
+
+    def GetAllocatableResources(self, request, context):  # noqa: N802
+        out = []
+        with self.k._cv:
+            eps = list(self.k.endpoints.values())
+        for ep in eps:
+            for d in ep.devices.values():
+                if d.health != "Healthy":
+                    continue  # kubernetes PR #104123: unhealthy devices are not allocatable
+                topo = prpb.TopologyInfo(nodes=[prpb.NUMANode(ID=n.ID) for n in d.topology.nodes])
+                out.append(
+                    prpb.ContainerDevices(
+                        resource_name=ep.resource, device_ids=[d.ID], topology=topo
+                    )
+                )
+        return prpb.AllocatableResourcesResponse(devices=out)
+
+
 class KubeletEmulator(pbg.RegistrationServicer):
     """Registration server plus the device manager's calls into plugins."""
 
-    def __init__(self, plugin_dir: str | Path) -> None:
+    def __init__(self, plugin_dir: str | Path, pod_resources_dir: str | Path | None = None) -> None:
         self.dir = Path(plugin_dir)
         self.socket = self.dir / "kubelet.sock"
+        self.pod_resources_socket = (
+            Path(pod_resources_dir) / "kubelet.sock" if pod_resources_dir is not None else None
+        )
+        self._pr_server: grpc.Server | None = None
+        # (namespace, pod) -> container -> resource -> device IDs (the device manager's podDevices)
+        self.pod_devices: dict[tuple[str, str], dict[str, dict[str, set[str]]]] = {}
+        self._pods_admitted = 0
         self._server: grpc.Server | None = None
         self._cv = threading.Condition()
         self.endpoints: dict[str, Endpoint] = {}
@@ -98,9 +174,21 @@ class KubeletEmulator(pbg.RegistrationServicer):
         server.add_insecure_port(f"unix://{self.socket}")
         server.start()
         self._server = server
+        if self.pod_resources_socket is not None and self._pr_server is None:
+            self.pod_resources_socket.parent.mkdir(parents=True, exist_ok=True)
+            self.pod_resources_socket.unlink(missing_ok=True)
+            prs = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            prgrpc.add_PodResourcesListerServicer_to_server(_PodResources(self), prs)
+            prs.add_insecure_port(f"unix://{self.pod_resources_socket}")
+            prs.start()
+            self._pr_server = prs
         return self
 
     def stop(self) -> None:
+        if self._pr_server is not None:
+            self._pr_server.stop(grace=0).wait(2)
+            self._pr_server = None
+            self.pod_resources_socket.unlink(missing_ok=True)
         if self._server is not None:
             self._server.stop(grace=0).wait(2)
             self._server = None
@@ -249,8 +337,18 @@ class KubeletEmulator(pbg.RegistrationServicer):
         )
         return ep.stub.Allocate(req, timeout=10).container_responses[0]
 
-    def admit(self, resource: str, size: int) -> tuple[list[str], pb.ContainerAllocateResponse]:
-        """A pod asking for `size` of `resource`: preference, then Allocate; records the IDs."""
+    def admit(
+        self,
+        resource: str,
+        size: int,
+        pod: tuple[str, str] | None = None,
+        container: str = "main",
+    ) -> tuple[list[str], pb.ContainerAllocateResponse]:
+        """A pod's container asking for `size` of `resource`: preference, then Allocate;
+        records the IDs under the pod (`(namespace, name)`; a fresh name when None)."""
+        if pod is None:
+            self._pods_admitted += 1
+            pod = ("default", f"pod-{self._pods_admitted}")
         ep = self._endpoint(resource)
         taken = self.allocated.setdefault(resource, set())
         available = [i for i in self.healthy_ids(resource) if i not in taken]
@@ -271,7 +369,29 @@ class KubeletEmulator(pbg.RegistrationServicer):
         except grpc.RpcError as e:
             raise AdmissionError(f"Allocate failed: {e.details()}") from e
         taken.update(ids)
+        with self._cv:
+            by_c = self.pod_devices.setdefault(pod, {})
+            by_c.setdefault(container, {}).setdefault(resource, set()).update(ids)
         return ids, resp
 
     def release(self, resource: str, ids: list[str]) -> None:
         self.allocated.get(resource, set()).difference_update(ids)
+        with self._cv:
+            for key, by_c in list(self.pod_devices.items()):
+                for c, by_res in list(by_c.items()):
+                    if resource in by_res:
+                        by_res[resource].difference_update(ids)
+                        if not by_res[resource]:
+                            del by_res[resource]
+                    if not by_res:
+                        del by_c[c]
+                if not by_c:
+                    del self.pod_devices[key]
+
+    def remove_pod(self, namespace: str, name: str) -> None:
+        """The pod ended: its devices are free again and it leaves PodResources `List`."""
+        with self._cv:
+            by_c = self.pod_devices.pop((namespace, name), {})
+        for by_res in by_c.values():
+            for resource, ids in by_res.items():
+                self.allocated.get(resource, set()).difference_update(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,9 +14,12 @@ from keti_ray.constants import (
     ENV_LD_PRELOAD,
     ENV_MPS_PIPE_DIRECTORY,
     ENV_NVIDIA_VISIBLE_DEVICES,
+    ENV_VAI_DEVICE_SM_COUNT,
     ENV_VAI_MEMORY_LIMIT,
     ENV_VAI_STATUS_DIR,
     GPU_RESOURCE,
+    LD_SO_PRELOAD_CONTAINER_PATH,
+    LIMITS_CONTAINER_PATH,
     MPS_PIPE_DIR,
     SHIM_CONTAINER_PATH,
     SHIM_LIBRARY_NAME,
@@ -68,7 +72,7 @@ def test_health_flip_reaches_the_stream_within_1s_and_recovers(kubelet, make_gpu
     assert kubelet.wait_for(lambda k: k.capacity(R) == 200, 5)
     sick = backend.discover()[1].uuid
     t0 = time.monotonic()
-    backend.fail(sick, xid=79)
+    backend.fail(sick, xid=94)  # contained ECC error: the catalogue's RESTART_APP, recoverable
     assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 1.0)
     assert time.monotonic() - t0 < 1.0
     unhealthy = {i for i, d in kubelet.devices(R).items() if d.health == "Unhealthy"}
@@ -117,15 +121,27 @@ def test_allocate_env_and_mounts(kubelet, make_gpu_plugin, plugin_dir, units):
         assert env[ENV_VAI_MEMORY_LIMIT] == f"{mem * units // 100}Mi"
     else:
         assert ENV_BLESS_LIMIT_PCT not in env and ENV_VAI_MEMORY_LIMIT not in env
+    assert env[ENV_VAI_DEVICE_SM_COUNT] == "132"  # the simulated H100's SMs
     mounts = {m.container_path: m for m in resp.mounts}
+    preload = mounts[LD_SO_PRELOAD_CONTAINER_PATH]
+    assert preload.read_only and Path(preload.host_path).read_text() == SHIM_CONTAINER_PATH + "\n"
+    lim = mounts[LIMITS_CONTAINER_PATH]
+    assert lim.read_only and lim.host_path.startswith(str(plugin_dir / "limits"))
+    got = {}
+    for line in Path(lim.host_path).read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            got[key] = value
+    want = {"VAI_DEVICE_SM_COUNT": "132"}
+    if units < 100:
+        want |= {"BLESS_LIMIT_PCT": str(units), "VAI_MEMORY_LIMIT": f"{mem * units // 100}Mi"}
+    assert got == want
     shim = mounts[SHIM_CONTAINER_PATH]
     assert shim.read_only and shim.host_path == str(plugin_dir / "libvai_accelerator.so")
     assert mounts[MPS_PIPE_DIR].host_path == str(plugin_dir / "mps")
     assert not mounts[MPS_PIPE_DIR].read_only
     status = mounts[CONTAINER_STATUS_DIR]
     assert status.host_path.startswith(str(plugin_dir / "status")) and not status.read_only
-    from pathlib import Path
-
     assert Path(status.host_path).is_dir()
     assert resp.annotations["keti.re.kr/gpu-pct"] == str(units)
     rec = plugin.allocations[resp.annotations["keti.re.kr/allocation-id"]]
@@ -283,6 +299,7 @@ def test_allocations_survive_a_plugin_restart_and_end_when_units_return(
     aid = resp.annotations["keti.re.kr/allocation-id"]
     record = plugin_dir / "status" / ".allocations" / f"{aid}.json"
     assert record.is_file() and (plugin_dir / "status" / aid).is_dir()
+    assert (plugin_dir / "limits" / aid / "limits").is_file()
     # the record is not inside the directory the pod mounts
     assert not any(m.host_path == str(record.parent) for m in resp.mounts)
     plugin.stop()
@@ -295,6 +312,7 @@ def test_allocations_survive_a_plugin_restart_and_end_when_units_return(
     kubelet.preferred(R, 10)
     assert again.allocations == {} and not record.exists()
     assert not (plugin_dir / "status" / aid).exists()
+    assert not (plugin_dir / "limits" / aid).exists()  # its limits file went with it
 
 
 def test_a_probe_that_raises_marks_unhealthy_and_the_watcher_survives(kubelet, plugin_dir):
@@ -312,7 +330,7 @@ def test_a_probe_that_raises_marks_unhealthy_and_the_watcher_survives(kubelet, p
     backend = Flaky(1, seed="flaky")
     plugin = GpuPlugin(
         backend, plugin_dir, status_host_dir=str(plugin_dir / "st"), probe_interval_s=0.1,
-        recovery_probes=2,
+        recovery_probes=2, limits_host_dir=str(plugin_dir / "lim"),
     )  # fmt: skip
     plugin.start()
     try:

@@ -1,0 +1,213 @@
+"""The GPU decided once: GetPreferredAllocation and Allocate follow the pod's
+`keti.re.kr/allocation` annotation, found through the API-server emulator (tests/k8s), with
+kubelet's calls coming from the kubelet emulator over real gRPC."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from kubelet_emulator import AdmissionError, KubeletEmulator
+from kubernetes import client
+
+from keti_ray.annotations import Allocation, ContainerAllocation, encode_allocation
+from keti_ray.constants import ANN_ALLOCATION, GPU_RESOURCE
+from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
+from keti_ray.deviceplugin.gpu import GpuPlugin
+from keti_ray.deviceplugin.nvml import SimulatedBackend
+from keti_ray.deviceplugin.podresources import PodResourcesClient
+from keti_ray.deviceplugin.units import parse_device_id
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "k8s"))
+from apiserver_emulator import ApiServerEmulator  # noqa: E402
+
+R = GPU_RESOURCE
+NODE = "gpu-node-1"
+TOKEN = "plugin-token"
+# what the plugin may do: list pods (RBAC in kuberay/10-rbac.yaml must grant exactly this)
+PLUGIN_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+
+
+@pytest.fixture
+def cluster(plugin_dir):
+    api_emu = ApiServerEmulator(kubelet_grace_s=0.05).start()
+    api_emu.authorize(TOKEN, PLUGIN_RULES)
+    cfg = client.Configuration()
+    cfg.host = api_emu.url
+    admin = client.CoreV1Api(client.ApiClient(cfg))
+    kubelet = KubeletEmulator(plugin_dir, pod_resources_dir=plugin_dir / "pr").start()
+    backend = SimulatedBackend(4, seed=NODE)
+    pods = ApiServerPods.from_environment(NODE, host=api_emu.url, token=TOKEN)
+    pr = PodResourcesClient(plugin_dir / "pr" / "kubelet.sock")
+    plugin = GpuPlugin(
+        backend,
+        plugin_dir,
+        status_host_dir=str(plugin_dir / "st"),
+        limits_host_dir=str(plugin_dir / "lim"),
+        pod_resources=pr,
+        decisions=DecisionFinder(NODE, pods.pods, lambda: set()),
+    )
+    plugin.decisions.held = plugin._held_containers
+    plugin.start()
+    assert kubelet.wait_for(lambda k: k.capacity(R) == 400, 5)
+    uuids = [g.uuid for g in backend.discover()]
+    yield api_emu, admin, kubelet, plugin, uuids
+    plugin.stop()
+    pods.close()
+    pr.close()
+    kubelet.stop()
+    api_emu.stop()
+
+
+def share(gpus: list[str], units: int) -> ContainerAllocation:
+    """The decision for a container asking `units` (as the extender books it: CONTRACTS §3)."""
+    if units >= 100:
+        return ContainerAllocation(gpus=tuple(gpus), milli=1000, sm_pct=100, mechanism="exclusive")
+    return ContainerAllocation(gpus=tuple(gpus), milli=units * 10, sm_pct=units, mechanism="mps")
+
+
+def bind_pod(admin, name: str, containers: dict[str, int], decided: dict[str, list[str]] | None):
+    """Create a pod asking `containers` units, annotate the decision, bind it to NODE (as the
+    extender's bind does: annotation first, then pods/binding)."""
+    spec = {
+        "containers": [
+            {"name": c, "image": "x", "resources": {"limits": {R: str(u)}}}
+            for c, u in containers.items()
+        ]
+    }
+    admin.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": spec})
+    if decided is not None:
+        alloc = Allocation(
+            node=NODE,
+            policy="fgd",
+            containers={c: share(g, containers[c]) for c, g in decided.items()},
+        )
+        admin.patch_namespaced_pod(
+            name,
+            "default",
+            {"metadata": {"annotations": {ANN_ALLOCATION: encode_allocation(alloc)}}},
+        )
+    body = {"metadata": {"name": name}, "target": {"kind": "Node", "name": NODE}}
+    admin.create_namespaced_pod_binding(name, "default", body, _preload_content=False)
+
+
+def _gpus(ids):
+    return {parse_device_id(i)[0] for i in ids}
+
+
+def test_preferred_and_allocate_follow_the_decision_not_local_fgd(cluster):
+    api_emu, admin, kubelet, plugin, uuids = cluster
+    # local FGD would pack a 30-unit pod onto the half-full GPU 0; the allocator chose GPU 3
+    filler, _ = kubelet.admit(R, 50, pod=("default", "filler"))
+    free = [50 if u in _gpus(filler) else 100 for u in uuids]
+    assert plugin.chooser(free, 30) != 3  # so following the decision is visible
+    bind_pod(admin, "p1", {"main": 30}, {"main": [uuids[3]]})
+    ids, resp = kubelet.admit(R, 30, pod=("default", "p1"))
+    assert _gpus(ids) == {uuids[3]}
+    rec = plugin.allocations[resp.annotations["keti.re.kr/allocation-id"]]
+    assert rec.decided and rec.pod == "default/p1" and rec.container == "main"
+    assert resp.envs["NVIDIA_VISIBLE_DEVICES"] == uuids[3]
+    # the filler had no decision: that one fallback (both calls) was counted, no other
+    assert plugin.fallbacks == {
+        ("GetPreferredAllocation", "no-decision"): 1,
+        ("Allocate", "no-decision"): 1,
+    }
+    # the plugin asked the API server with its own token for exactly what RBAC grants
+    verbs = {(c.verb, c.resource) for c in api_emu.calls_by(TOKEN)}
+    assert verbs == {("list", "pods")}
+
+
+def test_each_container_gets_its_own_decided_gpu(cluster):
+    _, admin, kubelet, plugin, uuids = cluster
+    bind_pod(admin, "two", {"a": 20, "b": 20}, {"a": [uuids[1]], "b": [uuids[2]]})
+    ids_a, _ = kubelet.admit(R, 20, pod=("default", "two"), container="a")
+    ids_b, _ = kubelet.admit(R, 20, pod=("default", "two"), container="b")
+    assert _gpus(ids_a) == {uuids[1]} and _gpus(ids_b) == {uuids[2]}
+    assert sum(plugin.fallbacks.values()) == 0
+
+
+def test_whole_gpus_follow_the_decision(cluster):
+    _, admin, kubelet, _, uuids = cluster
+    bind_pod(admin, "big", {"main": 200}, {"main": [uuids[1], uuids[3]]})
+    ids, _ = kubelet.admit(R, 200, pod=("default", "big"))
+    assert _gpus(ids) == {uuids[1], uuids[3]}
+
+
+def test_allocate_on_other_gpus_than_decided_is_an_error_naming_both(cluster):
+    _, admin, kubelet, plugin, uuids = cluster
+    bind_pod(admin, "p2", {"main": 10}, {"main": [uuids[2]]})
+    wrong = [f"{uuids[0]}-p{u:02d}" for u in range(10)]  # kubelet ignored the preference
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.allocate(R, wrong)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert uuids[2] in err.value.details() and uuids[0] in err.value.details()
+    assert "default/p2" in err.value.details()
+    assert plugin.allocations == {}
+
+
+def test_a_decided_gpu_without_room_fails_the_admission(cluster):
+    _, admin, kubelet, _, uuids = cluster
+    kubelet.admit(R, 90, pod=("default", "filler"))  # fallback: lands on some GPU
+    full = next(iter(_gpus(kubelet.allocated[R])))
+    bind_pod(admin, "late", {"main": 20}, {"main": [full]})
+    with pytest.raises(AdmissionError, match=full):
+        kubelet.admit(R, 20, pod=("default", "late"))
+
+
+def test_fallback_is_counted_when_the_api_server_is_down(cluster):
+    api_emu, _, kubelet, plugin, _ = cluster
+    api_emu.stop()
+    ids, _ = kubelet.admit(R, 25)
+    assert len(ids) == 25
+    assert plugin.fallbacks[("GetPreferredAllocation", "apiserver-error")] == 1
+    assert plugin.fallbacks[("Allocate", "apiserver-error")] == 1
+    text = __import__("prometheus_client").generate_latest(plugin.registry).decode()
+    assert (
+        'keti_plugin_decision_fallbacks_total{call="Allocate",reason="apiserver-error"} 1.0' in text
+    )
+
+
+def test_an_annotation_naming_another_node_is_not_followed(cluster):
+    _, admin, kubelet, plugin, uuids = cluster
+    admin.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {
+                "name": "stray",
+                "annotations": {
+                    ANN_ALLOCATION: encode_allocation(
+                        Allocation(
+                            node="other-node",
+                            policy="fgd",
+                            containers={"main": share([uuids[3]], 30)},
+                        )
+                    )
+                },
+            },
+            "spec": {
+                "containers": [{"name": "main", "image": "x", "resources": {"limits": {R: "30"}}}]
+            },
+        },
+    )
+    admin.create_namespaced_pod_binding(
+        "stray",
+        "default",
+        {"metadata": {"name": "stray"}, "target": {"kind": "Node", "name": NODE}},
+        _preload_content=False,
+    )
+    kubelet.admit(R, 30, pod=("default", "stray"))
+    assert plugin.fallbacks[("Allocate", "no-decision")] == 1
+
+
+def test_a_decision_for_another_share_is_refused(cluster):
+    _, admin, kubelet, plugin, uuids = cluster
+    bind_pod(admin, "odd", {"main": 30}, None)
+    alloc = Allocation(node=NODE, policy="fgd", containers={"main": share([uuids[1]], 40)})
+    admin.patch_namespaced_pod(
+        "odd", "default", {"metadata": {"annotations": {ANN_ALLOCATION: encode_allocation(alloc)}}}
+    )
+    with pytest.raises(AdmissionError, match="books 400 milli but the container asks for 30"):
+        kubelet.admit(R, 30, pod=("default", "odd"))
+    assert plugin.allocations == {}
