@@ -18,16 +18,20 @@ def free_port() -> int:
 
 
 class RunningGate:
+    """Start/stop as a context manager; it can be started again (same port) after a stop."""
+
     def __init__(self, upstream: str, token: str | None, cert, key, client_ca) -> None:
         self.port = free_port()
+        self.args = (upstream, token, str(cert), str(key), str(client_ca))
+
+    def __enter__(self) -> RunningGate:
+        upstream, token, cert, key, client_ca = self.args
         cfg = uvicorn_config(
-            gate_app(upstream, token), "127.0.0.1", self.port, str(cert), str(key), str(client_ca)
+            gate_app(upstream, token), "127.0.0.1", self.port, cert, key, client_ca
         )
         self.server = uvicorn.Server(cfg)
         self.server.install_signal_handlers = lambda: None
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> RunningGate:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started and time.monotonic() < deadline:

@@ -136,7 +136,9 @@ class Node:
                 self.kubelet.release(R, e["ids"])
 
     def fallbacks(self) -> int:
-        return sum(getattr(self.plugin, "fallbacks", {}).values())
+        """Containers the plugin placed by its own choice: its Allocate fallbacks (it counts
+        GetPreferredAllocation's separately; kubelet calls both for one container)."""
+        return sum(n for (call, _), n in self.plugin.fallbacks.items() if call == "Allocate")
 
     def stop(self) -> None:
         self.plugin.stop()
@@ -154,23 +156,24 @@ class Kubelets:
         self.admin, self.nodes = admin, nodes
 
     def sync(self) -> None:
+        """Devices of pods that are gone are freed first (kubelet's device manager drops
+        inactive pods before it allocates), then the new pods are admitted."""
         pods = json.loads(self.admin.list_pod_for_all_namespaces(_preload_content=False).data)
-        seen = set()
+        here = {
+            (p["spec"].get("nodeName") or "", p["metadata"]["namespace"], p["metadata"]["name"])
+            for p in pods["items"]
+        }
+        for node in self.nodes.values():
+            for key in list(node.admitted):
+                if (node.name, *key) not in here:
+                    node.forget(key)
         for p in pods["items"]:
             key = (p["metadata"]["namespace"], p["metadata"]["name"])
             node = self.nodes.get(p["spec"].get("nodeName") or "")
-            if node is None:
+            if node is None or key in node.admitted or p["status"]["phase"] != "Pending":
                 continue
-            seen.add((node.name, key))
-            if key not in node.admitted and p["status"]["phase"] == "Pending":
-                node.admit(p)
-                self.admin.patch_namespaced_pod_status(
-                    key[1], key[0], {"status": {"phase": "Running"}}
-                )
-        for node in self.nodes.values():
-            for key in list(node.admitted):
-                if (node.name, key) not in seen:
-                    node.forget(key)
+            node.admit(p)
+            self.admin.patch_namespaced_pod_status(key[1], key[0], {"status": {"phase": "Running"}})
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +321,7 @@ def check_bookings_match_the_pods(e) -> int:
 def test_kubernetes_end_to_end(e2e):
     e = e2e
     admin, emu, people = e["admin"], e["emu"], e["people"]
-    figures: dict[str, float] = {}
+    figures: dict[str, object] = {}
     t0 = time.monotonic()
     pods = workload(random.Random(7), 60)
     status = people.get("/k8s/status").json()
@@ -377,18 +380,23 @@ def test_kubernetes_end_to_end(e2e):
     check_bookings_match_the_pods(e)
 
     # --- a node removed: its bookings are set aside and reported ---------------------------
-    lost = sorted(k for k, b in bookings(e).items() if b["node"] == NODES[3])
+    on = {n: sorted(k for k, b in bookings(e).items() if b["node"] == n) for n in NODES}
+    victim = max(NODES, key=lambda n: len(on[n]))
+    lost = on[victim]
+    figures["bookings_per_node"] = {n: len(v) for n, v in on.items()}
     assert lost
-    admin.delete_node(NODES[3])
+    admin.delete_node(victim)
     health = wait(
         lambda: (h := people.get("/health").json())["set_aside"]["count"] == len(lost) and h,
         10, "the set-aside report",
     )  # fmt: skip
-    assert sorted(s["pod"] for s in health["set_aside"]["bookings"]) == lost
-    assert all(NODES[3] in s["reason"] for s in health["set_aside"]["bookings"])
+    shown = health["set_aside"]["bookings"]  # /health shows the first 20
+    assert {s["pod"] for s in shown} <= set(lost) and len(shown) == min(20, len(lost))
+    assert all(victim in s["reason"] for s in health["set_aside"]["bookings"])
     report = people.get("/k8s/status").json()["last_nodes_report"]
     assert sorted(s["pod"] for s in report["set_aside"]) == lost
-    assert NODES[3] not in people.get("/partition").json()["nodes"]
+    assert victim not in people.get("/partition").json()["nodes"]
+    e["nodes"].pop(victim).stop()  # its kubelet and plugin go with it
 
     # --- the allocator unreachable: pods still run, on the plugin's counted fallback -------
     e["gate"].__exit__()
@@ -415,4 +423,5 @@ def test_kubernetes_end_to_end(e2e):
         }
         assert used == granted, f"{role}: used {sorted(used)}, granted {sorted(granted)}"
     figures["total_s"] = time.monotonic() - t0
-    print("\nk8s e2e figures:", json.dumps({k: round(v, 3) for k, v in figures.items()}))
+    rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+    print("\nk8s e2e figures:", json.dumps(rounded))
