@@ -170,10 +170,21 @@ def test_plugin_daemonset(manifests: list[Manifest], name: str, kind: str, socke
     else:
         assert spec["serviceAccountName"] == "keti-node-agent"
         assert spec.get("automountServiceAccountToken", True) is True
-    plugin = container(spec, "plugin")
-    argv = plugin["command"]
-    assert argv[:3] == ["keti-ray", "plugin", kind]
-    assert argv[argv.index("--plugin-dir") + 1] == C.DEVICE_PLUGIN_DIR
+    if kind == "npu":
+        plugin = container(spec, "plugin")
+        argv = plugin["command"]
+        assert argv[:3] == ["keti-ray", "plugin", kind]
+        assert argv[argv.index("--plugin-dir") + 1] == C.DEVICE_PLUGIN_DIR
+    else:  # the stand-alone node agent serves the GPU plugin (keti_ray/agent/standalone.py)
+        plugin = container(spec, "agent")
+        argv = plugin["command"]
+        assert argv[:3] == ["keti-ray", "agent", "--standalone"]
+        flags = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        assert flags["--plugin-dir"] == C.DEVICE_PLUGIN_DIR
+        assert flags["--apiserver"] == "incluster"
+        socket_dir = flags["--pod-resources-socket"].rsplit("/", 1)[0]
+        assert mount_path(plugin, "pod-resources") == socket_dir
+        assert flags["--token-file"].startswith(mount_path(plugin, "agent-token") + "/")
     assert volume(spec, "device-plugins")["hostPath"]["path"] == C.DEVICE_PLUGIN_DIR
     assert mount_path(plugin, "device-plugins") == C.DEVICE_PLUGIN_DIR
     for probe in ("startupProbe", "livenessProbe"):
@@ -312,7 +323,7 @@ def test_no_host_ipc_and_host_pid_only_for_the_gpu_node_agent(manifests: list[Ma
             assert not spec.get("hostNetwork"), f"{where} sets hostNetwork"
             if spec.get("hostPID"):
                 assert m.name == "keti-gpu-plugin", f"{where} sets hostPID"
-                assert "node-agent" in {c["name"] for c in containers(spec)}
+                assert "agent" in {c["name"] for c in containers(spec)}
 
 
 # --- references between objects --------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_planted_unknown_field_is_caught(core_objects: list[Manifest], plant, ex
 
 def test_wrong_type_is_caught(core_objects: list[Manifest]) -> None:
     doc = _daemonset(core_objects, "keti-gpu-plugin")
-    container = doc["spec"]["template"]["spec"]["containers"][1]
+    container = doc["spec"]["template"]["spec"]["containers"][0]
     container["livenessProbe"]["periodSeconds"] = "30"  # must be an integer
     container["resources"]["limits"]["memory"] = 2  # quantities are strings in the model
     errors = core_errors(doc)

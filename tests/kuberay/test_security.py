@@ -138,8 +138,9 @@ def test_callers_reach_what_they_call_and_nothing_else(manifests, ray_pods) -> N
     # the GPU node agent pushes to Serve
     ds = find(manifests, "DaemonSet", "keti-gpu-plugin")
     agent = next(c for c in ds.doc["spec"]["template"]["spec"]["containers"]
-                 if c["name"] == "node-agent")  # fmt: skip
-    url = urlparse(next(a for a in agent["command"] if a.startswith("--allocator=")).split("=")[1])
+                 if c["name"] == "agent")  # fmt: skip
+    flag = next(a for a in agent["command"] if a.startswith("--allocator-url="))
+    url = urlparse(flag.split("=", 1)[1])
     assert url.hostname == f"{rs.name}-serve-svc.{rs.namespace}.svc.cluster.local"
     src = ("kube-system", pod_labels(ds)[0][1])
     for labels in (head, worker["labels"]):
