@@ -15,7 +15,7 @@ import ray
 from keti_ray.booking import AllocationService, PolicySpec, StoreUnavailable
 from keti_ray.cluster import NodeSpec, PodRequest
 from keti_ray.fragmentation import TypicalPods
-from keti_ray.k8s.runtime import api_from_env, initial_nodes, start_sync
+from keti_ray.k8s.runtime import api_from_env, initial_nodes, start_live_mix, start_sync
 from keti_ray.simcluster import simulated_nodes
 from keti_ray.telemetry import TelemetryStore
 from keti_ray.trace import load_nodes, load_pods
@@ -84,6 +84,7 @@ class AllocatorState:
             follow_pointer_s=POINTER_PERIOD_S,
         )
         self.k8s = start_sync(self.service, k8s_api) if k8s_api else None
+        self.live_mix = start_live_mix(self.service, source.telemetry_dir)
 
     def ping(self) -> bool:
         return True

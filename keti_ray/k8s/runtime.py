@@ -9,6 +9,7 @@ in the Serve replicas and reaches the service through `facade_call`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,8 @@ from kubernetes import client, config
 from keti_ray.cluster import NodeSpec
 from keti_ray.constants import ENV_K8S_API, ENV_K8S_TOKEN, K8S_IN_CLUSTER
 from keti_ray.k8s.sync import ClusterSync, list_gpu_nodes, node_view
+
+log = logging.getLogger("keti_ray.k8s.runtime")
 
 # What the Serve replicas may call on the service through the state actor (CONTRACTS §4).
 FACADE_METHODS = ("allocate", "release", "bookings", "reconcile", "replace_nodes")
@@ -53,6 +56,22 @@ def initial_nodes(api: client.CoreV1Api) -> tuple[list[NodeSpec], dict[str, list
 def start_sync(facade: Any, api: client.CoreV1Api, **kwargs: Any) -> ClusterSync:
     """The ClusterSync on `facade`, nodes synced before pods."""
     return ClusterSync(facade, api, **kwargs).start()
+
+
+def start_live_mix(service: Any, telemetry_dir: str | None, **kwargs: Any):
+    """The live typical-pod mix (keti_ray/k8s/live_mix.py) for filter and prioritize, when
+    there is telemetry and the service can take a new mix (`set_typical`); else None."""
+    if not telemetry_dir:
+        return None
+    if not hasattr(service, "set_typical"):
+        log.warning(
+            "the allocation service has no set_typical(): filter and prioritize keep the "
+            "typical-pod mix it was started with"
+        )
+        return None
+    from keti_ray.k8s.live_mix import LiveMix
+
+    return LiveMix(telemetry_dir, service.set_typical, **kwargs).start()
 
 
 def facade_call(facade: Any, method: str, *args: Any, **kwargs: Any) -> Any:
