@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, config
@@ -22,8 +21,6 @@ from keti_ray.k8s.sync import ClusterSync, list_gpu_nodes, node_view
 
 log = logging.getLogger("keti_ray.k8s.runtime")
 
-# What the Serve replicas may call on the service through the state actor (CONTRACTS §4).
-FACADE_METHODS = ("allocate", "release", "bookings", "reconcile", "replace_nodes")
 
 
 def api_from_env(environ: dict[str, str] | None = None) -> client.CoreV1Api | None:
@@ -72,26 +69,3 @@ def start_live_mix(service: Any, telemetry_dir: str | None, **kwargs: Any):
     from keti_ray.k8s.live_mix import LiveMix
 
     return LiveMix(telemetry_dir, service.set_typical, **kwargs).start()
-
-
-def facade_call(facade: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    """One allowed facade method, by name (the state actor's single entry for the replicas)."""
-    if method not in FACADE_METHODS:
-        raise ValueError(f"facade method {method!r} is not callable; accepted: {FACADE_METHODS}")
-    return getattr(facade, method)(*args, **kwargs)
-
-
-class RemoteFacade:
-    """The facade seen from a Serve replica: each method is one call to the state actor."""
-
-    def __init__(self, call: Callable[..., Any]) -> None:
-        self._call = call  # call(method, *args, **kwargs) -> result (blocking)
-
-    def allocate(self, pod, dry_run: bool = False, node: str | None = None, uid: str | None = None):
-        return self._call("allocate", pod, dry_run=dry_run, node=node, uid=uid)
-
-    def release(self, key: str, uid: str | None = None) -> bool:
-        return self._call("release", key, uid=uid)
-
-    def bookings(self) -> list[dict]:
-        return self._call("bookings")
