@@ -165,3 +165,19 @@ def test_pointer_follower_survives_errors(tmp_path, monkeypatch):
         time.sleep(0.05)
     assert calls["n"] > 3 and service.policy_version == "packing"
     service.close()
+
+
+def test_decisions_book_served_milli_and_report_the_share():
+    service = AllocationService(simulated_nodes(1))  # one H100 node: 132 SMs per GPU
+    gpu = service.allocate(pod("s", num=1, milli=995)).gpus[0]
+    assert gpu["milli"] == 990 and gpu["sm_pct"] == 99  # 995 is served as 99%, never uncapped
+    assert (gpu["sms"], gpu["device_sms"], gpu["mechanism"]) == (130, 132, "mps")
+    assert service.bookings()[0]["milli"] == [990]
+    assert service.allocate(pod("s", num=1, milli=995)).existing  # the asked request matches
+    tiny = service.allocate(pod("t", num=1, milli=5)).gpus[0]
+    assert (tiny["milli"], tiny["sm_pct"], tiny["sms"]) == (50, 5, 6)
+    whole = service.allocate(pod("w", num=2, milli=1000))
+    assert [g["mechanism"] for g in whole.gpus] == ["exclusive", "exclusive"]
+    assert whole.gpus[0]["sms"] == 132 and whole.sm_pct == 100
+    part = service.partition()["nodes"]["sim-node-00"]["gpus"]
+    assert sum(p["milli"] for g in part for p in g["partitions"]) == 990 + 50 + 2000

@@ -35,20 +35,20 @@ from keti_ray.cluster import (
     PodRequest,
 )
 from keti_ray.fragmentation import FragmentationModel, TypicalPods, fragmentation_pct
-from keti_ray.podenv import gpu_memory_mib, gpu_pod_env, simulated_gpu_uuid, sm_pct_for_milli
+from keti_ray.podenv import gpu_memory_mib, gpu_pod_env, simulated_gpu_uuid
+from keti_ray.shares import (
+    UNITS_PER_GPU,
+    Mechanism,
+    device_sm_count,
+    limit_pct,
+    served_milli,
+    share_for,
+)
 from keti_ray.telemetry import TelemetryStore
-
-try:  # CONTRACTS.md section 1; lands on main with keti_ray/shares.py
-    from keti_ray.shares import served_milli
-except ImportError:  # pragma: no cover - until the merge
-
-    def served_milli(milli: int) -> int:
-        return milli
-
 
 log = logging.getLogger("keti_ray.booking")
 
-DEFAULT_MECHANISM = "mps"
+DEFAULT_MECHANISM = Mechanism.MPS
 DEFAULT_NAMESPACE = "default"
 RECONCILE_GRACE_S = 30.0  # a booking this young may be waiting for its bind; keep it
 SET_ASIDE_SHOWN = 20
@@ -475,18 +475,21 @@ class AllocationService:
     def _decision(
         self, pod: PodRequest, booking: Booking, seconds: float, dry_run: bool
     ) -> Decision:
+        """The answer for a booking: per GPU its UUID, the booked milli and what the pod gets
+        of it (`Share.as_dict()`: sm_pct, sms, device_sms, mechanism), and the container env."""
         node = booking.node
         model = self.state.specs[self.state.index[node]].model
         index = self._uuid_index[node]
-        gpus = []
-        for uuid, milli in booking.gpus:
-            share = self._share(milli, node)
-            gpus.append({"index": index[uuid], "uuid": uuid, "milli": milli, **share})
-        sm_pct = sm_pct_for_milli(booking.gpus[0][1]) if booking.gpus else 0
+        gpus = [
+            {"index": index[uuid], "uuid": uuid, **self._share(milli, node)}
+            for uuid, milli in booking.gpus
+        ]
+        sm_pct = 0
         env: dict[str, str] = {}
         if booking.gpus:
-            memory = gpu_memory_mib(model)
             milli = booking.gpus[0][1]
+            sm_pct = limit_pct(milli) or UNITS_PER_GPU
+            memory = gpu_memory_mib(model)
             limit = memory * milli // 1000 if milli < 1000 and memory else None
             env = gpu_pod_env([u for u, _ in booking.gpus], sm_pct, limit)
         return Decision(
@@ -502,9 +505,9 @@ class AllocationService:
         )
 
     def _share(self, milli: int, node: str) -> dict:
-        """What one GPU share gives the pod (SMs and mechanism)."""
-        mechanism = self.mechanism[node] if milli < 1000 else "exclusive"
-        return {"sm_pct": sm_pct_for_milli(milli), "mechanism": mechanism}
+        """What one GPU share gives the pod: {milli, sm_pct, sms, device_sms, mechanism}."""
+        model = self.state.specs[self.state.index[node]].model
+        return share_for(milli, device_sm_count(model), self.mechanism[node]).as_dict()
 
     # ---- release and reconcile -----------------------------------------------------------------
 
@@ -602,12 +605,7 @@ class AllocationService:
                 index = self._uuid_index[booking.node]
                 for uuid, milli in booking.gpus:
                     nodes[booking.node]["gpus"][index[uuid]]["partitions"].append(
-                        {
-                            "pod": booking.pod,
-                            "uid": booking.uid,
-                            "milli": milli,
-                            **self._share(milli, booking.node),
-                        }
+                        {"pod": booking.pod, "uid": booking.uid, **self._share(milli, booking.node)}
                     )
             return {"nodes": nodes}
 
