@@ -232,7 +232,8 @@ def main() -> None:
             t0 = time.monotonic()
             st["plugin"] = p = GpuPlugin(
                 st["backend"], tmp / "dp", status_host_dir=str(tmp / "status"),
-                mps_pipe_dir=str(tmp / "mps-pipe"), probe_interval_s=1.0,
+                limits_host_dir=str(tmp / "limits"), mps_pipe_dir=str(tmp / "mps-pipe"),
+                probe_interval_s=1.0,
             )  # fmt: skip
             p.start()
             n = len(p.gpus)
@@ -265,7 +266,8 @@ def main() -> None:
 
             cfg = AgentConfig(
                 plugin_dir=str(tmp / plugin_subdir), serve_plugins=False, mps=False,
-                status_host_dir=str(tmp / "status"), telemetry_interval_s=0.2,
+                status_host_dir=str(tmp / "status"), limits_host_dir=str(tmp / "limits"),
+                telemetry_interval_s=0.2,
             )  # fmt: skip
             agent = NodeAgent(cfg, ListSink())
             try:

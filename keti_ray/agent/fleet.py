@@ -144,6 +144,7 @@ def start_local_fleet(
             gpu_model=spec.model,
             mps=False,
             status_host_dir=str(base / safe / "status"),
+            limits_host_dir=str(base / safe / "limits"),
         )
         handles.append(
             NodeAgentActor.options(

@@ -221,7 +221,7 @@ class NodeAgent:
 
     def _decision_sources(self, cfg: AgentConfig):
         """The API-server pod lister and PodResources client the plugin uses, where set."""
-        from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
+        from keti_ray.deviceplugin.decisions import ApiServerPods, watched_finder
         from keti_ray.deviceplugin.podresources import PodResourcesClient
 
         pod_resources = None
@@ -235,7 +235,8 @@ class NodeAgent:
                 self.node_id, host=host, token=cfg.apiserver_token
             )
             self._closers.append(pods.close)
-            decisions = DecisionFinder(self.node_id, pods.pods, lambda: set())
+            decisions, watcher = watched_finder(self.node_id, pods)
+            self._closers.insert(0, watcher.stop)
         return decisions, pod_resources
 
     def _mps_check(self) -> None:

@@ -92,13 +92,16 @@ def plugin_gpu(
     pod_resources_socket: Annotated[
         str | None, typer.Option(help="kubelet's PodResources socket; reconcile records from it")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve the plugin's /metrics on this port (0: any free)")
+    ] = None,
     run_for: Annotated[
         float | None, typer.Option(help="stop after this many seconds (tests)")
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve keti.re.kr/gpu-pct (100 SM-percent units per GPU; $GPU_UUID limits the GPUs)."""
-    from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
+    from keti_ray.deviceplugin.decisions import ApiServerPods, watched_finder
     from keti_ray.deviceplugin.gpu import GpuPlugin, validate_memory_limit
     from keti_ray.deviceplugin.nvml import open_backend
     from keti_ray.deviceplugin.podresources import PodResourcesClient
@@ -119,7 +122,7 @@ def plugin_gpu(
     decisions = None
     if api:
         pods = ApiServerPods.from_environment(node_name, host=None if api == "incluster" else api)
-        decisions = DecisionFinder(node_name, pods.pods, lambda: set())
+        decisions, _watcher = watched_finder(node_name, pods)
     pr = PodResourcesClient(pod_resources_socket) if pod_resources_socket else None
     try:
         plugin = GpuPlugin(
@@ -140,6 +143,11 @@ def plugin_gpu(
     if decisions is not None:
         decisions.held = plugin._held_containers
     plugin.start()
+    metrics = None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        metrics, _ = start_http_server(metrics_port, registry=plugin.registry)
     typer.echo(
         json.dumps(
             {
@@ -148,6 +156,7 @@ def plugin_gpu(
                 "gpus": [g.uuid for g in plugin.gpus],
                 "simulated": backend.simulated,
                 "chooser": plugin.chooser_name,
+                "metrics_port": metrics.server_port if metrics else None,
             }
         )
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,11 +57,16 @@ def _units(container: dict[str, Any]) -> int:
     return int(parse_quantity(value)) if value is not None else 0
 
 
-def decisions_in(pods: Iterable[dict[str, Any]], node: str) -> list[Decision]:
+def decisions_in(
+    pods: Iterable[dict[str, Any]],
+    node: str,
+    memo: dict[tuple[str, str], list[Decision]] | None = None,
+) -> list[Decision]:
     """Every GPU container of the Pending pods on `node` that carries a decision, oldest first.
 
     A pod whose annotation cannot be decoded, or names another node, is logged and skipped
-    (it gets the fallback, which is counted)."""
+    (it gets the fallback, which is counted).  `memo` keeps each pod version's decisions
+    (by uid and resourceVersion), so a lookup decodes only pods that changed."""
     out = []
     for pod in pods:
         meta = pod.get("metadata") or {}
@@ -72,36 +78,52 @@ def decisions_in(pods: Iterable[dict[str, Any]], node: str) -> list[Decision]:
         text = (meta.get("annotations") or {}).get(ANN_ALLOCATION)
         if text is None:
             continue
-        key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-        try:
-            alloc = decode_allocation(text)
-        except ValueError as e:
-            log.warning("pod %s: %s annotation ignored: %s", key, ANN_ALLOCATION, e)
+        version = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
+        if memo is not None and version[0] and version in memo:
+            out.extend(memo[version])
             continue
-        if alloc.node != node:
-            log.warning(
-                "pod %s is bound to %s but its decision names node %s", key, node, alloc.node
-            )
-            continue
-        for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
-            units = _units(c)
-            ca = alloc.containers.get(c.get("name", ""))
-            if units <= 0 or ca is None:
-                continue
-            out.append(
-                Decision(
-                    namespace=meta.get("namespace", "default"),
-                    pod=meta.get("name", ""),
-                    uid=meta.get("uid", ""),
-                    container=c["name"],
-                    units=units,
-                    gpus=tuple(ca.gpus),
-                    milli=int(ca.milli),
-                    created=str(meta.get("creationTimestamp") or ""),
-                )
-            )
+        found = _pod_decisions(meta, spec, text, node)
+        if memo is not None and version[0]:
+            if len(memo) > 4096:
+                memo.clear()
+            memo[version] = found
+        out.extend(found)
     # stable: the containers of one pod keep their order (kubelet allocates them in order)
     return sorted(out, key=lambda d: (d.created, d.namespace, d.pod))
+
+
+def _pod_decisions(
+    meta: dict[str, Any], spec: dict[str, Any], text: str, node: str
+) -> list[Decision]:
+    """One pod's decisions, per GPU container (init containers first, as kubelet runs them)."""
+    key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+    try:
+        alloc = decode_allocation(text)
+    except ValueError as e:
+        log.warning("pod %s: %s annotation ignored: %s", key, ANN_ALLOCATION, e)
+        return []
+    if alloc.node != node:
+        log.warning("pod %s is bound to %s but its decision names node %s", key, node, alloc.node)
+        return []
+    out: list[Decision] = []
+    for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        units = _units(c)
+        ca = alloc.containers.get(c.get("name", ""))
+        if units <= 0 or ca is None:
+            continue
+        out.append(
+            Decision(
+                namespace=meta.get("namespace", "default"),
+                pod=meta.get("name", ""),
+                uid=meta.get("uid", ""),
+                container=c["name"],
+                units=units,
+                gpus=tuple(ca.gpus),
+                milli=int(ca.milli),
+                created=str(meta.get("creationTimestamp") or ""),
+            )
+        )
+    return out
 
 
 def api_client(host: str | None = None, token: str | None = None) -> Any:
@@ -157,26 +179,156 @@ class ApiServerPods:
         self.api_client.close()
 
 
+class PodWatcher:
+    """This node's pods, kept by list-then-watch (the `kubernetes` client's watch), so a
+    lookup in Allocate's path costs no API call: a watch from the list's resourceVersion,
+    bookmarks, a relist on 410 Gone, backoff on errors.  `refresh()` is a fresh LIST, for a
+    lookup that found nothing (the watch may lag the binding that kubelet has already seen).
+    """
+
+    def __init__(self, source: ApiServerPods, watch_timeout_s: int = 300) -> None:
+        self.source = source
+        self.watch_timeout_s = watch_timeout_s
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._rv: str | None = None
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self.synced = threading.Event()
+        self.relists = 0
+        self.errors = 0
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _key(pod: dict[str, Any]) -> str:
+        m = pod.get("metadata") or {}
+        return m.get("uid") or f"{m.get('namespace')}/{m.get('name')}"
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """A fresh LIST replaces the cache; DecisionError when the API server is away."""
+        from kubernetes import client
+
+        try:
+            resp = client.CoreV1Api(self.source.api_client).list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.source.node}",
+                _preload_content=False,
+                _request_timeout=self.source.timeout_s,
+            )
+            body = json.loads(resp.data)
+        except Exception as e:
+            raise DecisionError(f"listing pods on {self.source.node} failed: {e}") from e
+        items = list(body.get("items") or [])
+        with self._lock:
+            self._pods = {self._key(p): p for p in items}
+            self._rv = (body.get("metadata") or {}).get("resourceVersion")
+        self.relists += 1
+        self.synced.set()
+        return items
+
+    def pods(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def _watch_once(self) -> None:
+        from kubernetes import client, watch
+
+        w = watch.Watch()
+        stream = w.stream(
+            client.CoreV1Api(self.source.api_client).list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={self.source.node}",
+            resource_version=self._rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout_s,
+            _preload_content=False,
+        )
+        try:
+            for ev in stream:
+                if self._halt.is_set():
+                    return
+                kind, obj = ev["type"], ev["raw_object"]
+                if kind == "ERROR":
+                    if obj.get("code") == 410:  # the watch expired: relist
+                        self._rv = None
+                        return
+                    raise DecisionError(f"watch error: {obj.get('message')}")
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                with self._lock:
+                    if kind in ("ADDED", "MODIFIED"):
+                        self._pods[self._key(obj)] = obj
+                    elif kind == "DELETED":
+                        self._pods.pop(self._key(obj), None)
+                    if rv:
+                        self._rv = rv
+        finally:
+            w.stop()
+
+    def _loop(self) -> None:
+        backoff = 0.2
+        while not self._halt.is_set():
+            try:
+                if self._rv is None:
+                    self.refresh()
+                self._watch_once()
+                backoff = 0.2
+            except Exception as e:  # API server away or the stream broke: back off, relist
+                self.errors += 1
+                log.debug("pod watch on %s: %s", self.source.node, e)
+                self._rv = None
+                self._halt.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def start(self) -> PodWatcher:
+        self._thread = threading.Thread(target=self._loop, name="pod-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        # the stream ends at its timeout or the next event; the thread is a daemon
+
+
 class DecisionFinder:
-    """The decision for the container kubelet is admitting now, or None."""
+    """The decision for the container kubelet is admitting now, or None.
+
+    `list_pods` answers from a cache (PodWatcher.pods) or the API server; `refresh`, when
+    given, is asked once more before the answer is "no decision" (the cache may lag)."""
 
     def __init__(
         self,
         node: str,
         list_pods: Callable[[], list[dict[str, Any]]],
         held: Callable[[], set[tuple[str, str]]],
+        refresh: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.node = node
         self.list_pods = list_pods
         self.held = held  # (pod key, container) pairs that already hold devices
+        self.refresh = refresh
+        self.refreshes = 0
+        self._memo: dict[tuple[str, str], list[Decision]] = {}
 
-    def find(self, units: int) -> Decision | None:
-        """The oldest not-yet-allocated container asking for `units`; DecisionError when the
-        API server cannot be asked."""
-        held = self.held()
-        for d in decisions_in(self.list_pods(), self.node):
+    def _pick(self, pods: list[dict[str, Any]], units: int, held) -> Decision | None:
+        for d in decisions_in(pods, self.node, self._memo):
             if (d.pod_key, d.container) in held:
                 continue
             if d.units == units:
                 return d
         return None
+
+    def find(self, units: int) -> Decision | None:
+        """The oldest not-yet-allocated container asking for `units`; DecisionError when the
+        API server cannot be asked."""
+        held = self.held()
+        d = self._pick(self.list_pods(), units, held)
+        if d is None and self.refresh is not None:
+            self.refreshes += 1
+            d = self._pick(self.refresh(), units, held)
+        return d
+
+
+def watched_finder(
+    node: str, source: ApiServerPods, wait_sync_s: float = 5.0
+) -> tuple[DecisionFinder, PodWatcher]:
+    """A DecisionFinder on a started PodWatcher (falls back to a LIST on a miss)."""
+    watcher = PodWatcher(source).start()
+    watcher.synced.wait(wait_sync_s)
+    return DecisionFinder(node, watcher.pods, lambda: set(), refresh=watcher.refresh), watcher

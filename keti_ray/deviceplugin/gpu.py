@@ -170,6 +170,11 @@ class GpuPlugin(DevicePluginServer):
             ["call"],
             registry=self.registry,
         )
+        self._m_relists = MetricCounter(
+            "keti_plugin_decision_relists",
+            "lookups the pod watch could not answer, asked again with a fresh LIST",
+            registry=self.registry,
+        )
         self._m_reconciled = MetricCounter(
             "keti_plugin_records_reconciled",
             "allocation records dropped because PodResources no longer lists their devices",
@@ -444,12 +449,16 @@ class GpuPlugin(DevicePluginServer):
         if self.decisions is None:
             self._count_fallback(call, "no-apiserver", size)
             return None
+        before = getattr(self.decisions, "refreshes", 0)
         try:
             d = self.decisions.find(size)
         except DecisionError as e:
             log.warning("%s", e)
             self._count_fallback(call, "apiserver-error", size)
             return None
+        finally:
+            if getattr(self.decisions, "refreshes", 0) > before:
+                self._m_relists.inc()
         if d is None:
             self._count_fallback(call, "no-decision", size)
             return None

@@ -77,6 +77,7 @@ def fleet_env(cluster):
         mps_pipe_dir=str(root / "{node_id}" / "mps"),
         mps_log_dir=str(root / "{node_id}" / "mpslog"),
         status_host_dir=str(root / "{node_id}" / "status"),
+        limits_host_dir=str(root / "{node_id}" / "limits"),
         telemetry_interval_s=0.2,
         mps_check_s=0.5,
     )
@@ -182,6 +183,7 @@ def test_agent_cli_starts_a_fleet_and_stops_it(cluster):
             [sys.executable, "-c", "from keti_ray.cli import app, plugin_cmd; app()",
              "agent", "--address", cluster.address, "--simulate", "1", "--no-mps",
              "--plugin-dir", str(root / "{node_id}"), "--status-dir", str(root / "st"),
+             "--limits-dir", str(root / "lim"),
              "--run-for", "1"],
             env=env, capture_output=True, text=True, timeout=90,
         )  # fmt: skip

@@ -62,6 +62,7 @@ def agent_env(short_tmp):
         mps_pipe_dir=str(short_tmp / "mps"),
         mps_log_dir=str(short_tmp / "mpslog"),
         status_host_dir=str(short_tmp / "status"),
+        limits_host_dir=str(short_tmp / "limits"),
         telemetry_interval_s=0.1,
     )
     agent = NodeAgent(cfg, sink)
@@ -112,6 +113,7 @@ def test_gpu_uuid_limits_the_agent(short_tmp, monkeypatch):
         simulate=2,
         mps=False,
         status_host_dir=str(short_tmp / "s"),
+        limits_host_dir=str(short_tmp / "limits"),
     )
     agent = NodeAgent(cfg, ListSink())
     try:
@@ -141,6 +143,7 @@ def test_agent_cli_local_writes_telemetry(short_tmp):
             "--no-mps",
             "--plugin-dir", str(short_tmp / "dp"),
             "--status-dir", str(short_tmp / "st"),
+            "--limits-dir", str(short_tmp / "lim"),
             "--interval", "0.1",
             "--telemetry-out", str(out),
             "--run-for", "1.5",
@@ -166,7 +169,10 @@ def test_agent_reads_the_partition_of_a_plugin_served_elsewhere(short_tmp):
 
     kubelet = KubeletEmulator(short_tmp / "dp").start()
     plugin = GpuPlugin(
-        SimulatedBackend(2, seed="node-a"), short_tmp / "dp", status_host_dir=str(short_tmp / "st")
+        SimulatedBackend(2, seed="node-a"),
+        short_tmp / "dp",
+        status_host_dir=str(short_tmp / "st"),
+        limits_host_dir=str(short_tmp / "limits"),
     )
     plugin.start()
     cfg = AgentConfig(
@@ -175,6 +181,7 @@ def test_agent_reads_the_partition_of_a_plugin_served_elsewhere(short_tmp):
         serve_plugins=False,
         mps=False,
         status_host_dir=str(short_tmp / "st"),
+        limits_host_dir=str(short_tmp / "limits"),
         plugin_dir=str(short_tmp / "unused"),
     )
     agent = NodeAgent(cfg, ListSink())

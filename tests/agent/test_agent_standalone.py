@@ -31,7 +31,7 @@ from kubelet_emulator import KubeletEmulator  # noqa: E402
 
 TOKEN = "agent-sa"
 AGENT_RULES = [  # what the DaemonSet's service account needs, and no more
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]},
 ]
 
@@ -190,6 +190,7 @@ def test_standalone_agent_publishes_pushes_and_follows_decisions(env, short_tmp)
         # the service account did exactly what its RBAC rules allow
         assert {(c.verb, c.resource) for c in api_emu.calls_by(TOKEN)} == {
             ("list", "pods"),
+            ("watch", "pods"),
             ("patch", "nodes"),
         }
     finally:

@@ -38,6 +38,8 @@ def test_plugin_gpu_cli_registers_and_stops_on_sigterm(kubelet, plugin_dir):
             "2",
             "--status-dir",
             str(plugin_dir / "st"),
+            "--limits-dir",
+            str(plugin_dir / "lim"),
             "--run-for",
             "60",
         ]

@@ -14,7 +14,7 @@ from kubernetes import client
 
 from keti_ray.annotations import Allocation, ContainerAllocation, encode_allocation
 from keti_ray.constants import ANN_ALLOCATION, GPU_RESOURCE
-from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder
+from keti_ray.deviceplugin.decisions import ApiServerPods, DecisionFinder, watched_finder
 from keti_ray.deviceplugin.gpu import GpuPlugin
 from keti_ray.deviceplugin.nvml import SimulatedBackend
 from keti_ray.deviceplugin.podresources import PodResourcesClient
@@ -26,12 +26,14 @@ from apiserver_emulator import ApiServerEmulator  # noqa: E402
 R = GPU_RESOURCE
 NODE = "gpu-node-1"
 TOKEN = "plugin-token"
-# what the plugin may do: list pods (RBAC in kuberay/10-rbac.yaml must grant exactly this)
-PLUGIN_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+# what the plugin may do: list and watch pods (RBAC in kuberay/10-rbac.yaml: exactly this)
+PLUGIN_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
 
 
-@pytest.fixture
-def cluster(plugin_dir):
+@pytest.fixture(params=["watched", "listed"])
+def cluster(plugin_dir, request):
+    """`watched`: decisions from the plugin's pod watch (a LIST only on a miss), as deployed;
+    `listed`: a LIST per lookup."""
     api_emu = ApiServerEmulator(kubelet_grace_s=0.05).start()
     api_emu.authorize(TOKEN, PLUGIN_RULES)
     cfg = client.Configuration()
@@ -40,6 +42,12 @@ def cluster(plugin_dir):
     kubelet = KubeletEmulator(plugin_dir, pod_resources_dir=plugin_dir / "pr").start()
     backend = SimulatedBackend(4, seed=NODE)
     pods = ApiServerPods.from_environment(NODE, host=api_emu.url, token=TOKEN)
+    api_emu.plugin_clients = [pods.api_client]
+    watcher = None
+    if request.param == "watched":
+        finder, watcher = watched_finder(NODE, pods)
+    else:
+        finder = DecisionFinder(NODE, pods.pods, lambda: set())
     pr = PodResourcesClient(plugin_dir / "pr" / "kubelet.sock")
     plugin = GpuPlugin(
         backend,
@@ -47,13 +55,15 @@ def cluster(plugin_dir):
         status_host_dir=str(plugin_dir / "st"),
         limits_host_dir=str(plugin_dir / "lim"),
         pod_resources=pr,
-        decisions=DecisionFinder(NODE, pods.pods, lambda: set()),
+        decisions=finder,
     )
     plugin.decisions.held = plugin._held_containers
     plugin.start()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 400, 5)
     uuids = [g.uuid for g in backend.discover()]
     yield api_emu, admin, kubelet, plugin, uuids
+    if watcher is not None:
+        watcher.stop()
     plugin.stop()
     pods.close()
     pr.close()
@@ -116,7 +126,7 @@ def test_preferred_and_allocate_follow_the_decision_not_local_fgd(cluster):
     }
     # the plugin asked the API server with its own token for exactly what RBAC grants
     verbs = {(c.verb, c.resource) for c in api_emu.calls_by(TOKEN)}
-    assert verbs == {("list", "pods")}
+    assert verbs <= {("list", "pods"), ("watch", "pods")} and ("list", "pods") in verbs
 
 
 def test_each_container_gets_its_own_decided_gpu(cluster):
@@ -159,9 +169,13 @@ def test_a_decided_gpu_without_room_fails_the_admission(cluster):
 def test_fallback_is_counted_when_the_api_server_is_down(cluster):
     api_emu, _, kubelet, plugin, _ = cluster
     api_emu.stop()
+    # the emulator's stop() leaves its keep-alive connections served by their threads; a
+    # crashed API server takes them along, so drop the plugin's pooled connections too
+    for api_client in api_emu.plugin_clients:
+        api_client.rest_client.pool_manager.clear()
     ids, _ = kubelet.admit(R, 25)
     assert len(ids) == 25
-    assert plugin.fallbacks[("GetPreferredAllocation", "apiserver-error")] == 1
+    assert plugin.fallbacks[("GetPreferredAllocation", "apiserver-error")] == 1, plugin.fallbacks
     assert plugin.fallbacks[("Allocate", "apiserver-error")] == 1
     text = __import__("prometheus_client").generate_latest(plugin.registry).decode()
     assert (

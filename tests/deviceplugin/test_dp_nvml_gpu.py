@@ -27,7 +27,12 @@ def test_real_gpus_are_served(kubelet, plugin_dir):
     assert gpus and all(g.uuid.startswith(("GPU-", "MIG-")) for g in gpus)
     assert all(g.sm_count > 0 and g.memory_mib > 0 for g in gpus)
     assert all(backend.probe(g.uuid) for g in gpus)
-    plugin = GpuPlugin(backend, plugin_dir, status_host_dir=str(plugin_dir / "st"))
+    plugin = GpuPlugin(
+        backend,
+        plugin_dir,
+        status_host_dir=str(plugin_dir / "st"),
+        limits_host_dir=str(plugin_dir / "limits"),
+    )
     plugin.start()
     try:
         assert kubelet.wait_for(lambda k: k.capacity(GPU_RESOURCE) == 100 * len(gpus), 10)
