@@ -4,7 +4,7 @@
 `KETI_K8S_TOKEN`); unset means the allocator is not on Kubernetes. The state actor builds its
 service from `initial_nodes()` (the node list before any watch, so the booking store is laid
 over the real nodes at start) and then starts the ClusterSync on it. The extender's bind runs
-in the Serve replicas and reaches the service through `facade_call`.
+in the Serve replicas (serve/k8s_routes.py) and books through the state actor.
 """
 
 from __future__ import annotations
