@@ -23,6 +23,16 @@ from keti_ray.manifests import find, load_all
 SCHEDULER_NAME = "keti-scheduler"
 
 
+def core_api(url: str, token: str | None = None) -> client.CoreV1Api:
+    """A CoreV1Api on the emulator, as in-cluster config would build it (bearer token)."""
+    cfg = client.Configuration()
+    cfg.host = url
+    if token:
+        cfg.api_key = {"authorization": token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+    return client.CoreV1Api(client.ApiClient(cfg))
+
+
 def cluster_role_rules(name: str) -> list[dict]:
     """The rules of a ClusterRole in kuberay/10-rbac.yaml (what the API server would enforce)."""
     return find(load_all(), "ClusterRole", name).doc["rules"]

@@ -22,15 +22,15 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from apiserver_emulator import ApiServerEmulator
-from certs import TestCA
-from conftest import core_api
-from gate import RunningGate
-from k8s_cluster import SchedulerStandIn, cluster_role_rules, gpu_node_body, gpu_pod_body
+from k8s_certs import TestCA
+from k8s_cluster import SchedulerStandIn, cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
+from k8s_gate import RunningGate
 
 from keti_ray.constants import (
     ENV_BLESS_LIMIT_PCT,
@@ -179,11 +179,13 @@ class Kubelets:
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
+    marks = {"start": time.monotonic()}
     emu = ApiServerEmulator(bookmark_interval_s=0.5, kubelet_grace_s=0.05).start()
     emu.authorize(ALLOCATOR_TOKEN, cluster_role_rules("keti-allocator"))
     emu.authorize(AGENT_TOKEN, cluster_role_rules("keti-node-agent"))
     admin = core_api(emu.url)
-    nodes = {name: Node(name, emu.url, root) for name in NODES}
+    with ThreadPoolExecutor(len(NODES)) as pool:  # the plugins start (and register) together
+        nodes = dict(zip(NODES, pool.map(lambda n: Node(n, emu.url, root), NODES), strict=True))
     for name, node in nodes.items():
         body = gpu_node_body(name, node.uuids)
         if NODE_SIDE:  # kubelet registers the Node; the node agent publishes its GPUs on it
@@ -198,6 +200,7 @@ def e2e(tmp_path_factory):
             assert got["keti.re.kr/gpu-uuids"] == ann["keti.re.kr/gpu-uuids"]
         else:
             admin.create_node(body)
+    marks["nodes_up"] = time.monotonic()
     env = {
         ENV_K8S_API: emu.url,
         ENV_K8S_TOKEN: ALLOCATOR_TOKEN,
@@ -222,6 +225,7 @@ def e2e(tmp_path_factory):
             from serve.app import build_app
             from serve.state import RAY_NAMESPACE, STATE_ACTOR_NAME
 
+            marks["ray_up"] = time.monotonic()
             serve.run(build_app(), name="keti-allocator", route_prefix="/")
             people = httpx.Client(
                 base_url=f"http://127.0.0.1:{port}",
@@ -229,6 +233,7 @@ def e2e(tmp_path_factory):
                 timeout=30,
             )
             wait(lambda: people.get("/k8s/status").status_code == 200, 60, "the allocator")
+            marks["allocator_up"] = time.monotonic()
             gate = RunningGate(
                 f"http://127.0.0.1:{port}", PEOPLE_TOKEN, server.cert, server.key,
                 client_ca.files.cert,
@@ -248,6 +253,11 @@ def e2e(tmp_path_factory):
                 "scheduler": scheduler,
                 "gate": gate,
                 "state": lambda: ray.get_actor(STATE_ACTOR_NAME, namespace=RAY_NAMESPACE),
+                "setup": {
+                    "nodes_s": marks["nodes_up"] - marks["start"],
+                    "ray_s": marks["ray_up"] - marks["nodes_up"],
+                    "serve_s": marks["allocator_up"] - marks["ray_up"],
+                },
             }
             gate.__exit__()
             serve.delete("keti-allocator")
@@ -321,7 +331,7 @@ def check_bookings_match_the_pods(e) -> int:
 def test_kubernetes_end_to_end(e2e):
     e = e2e
     admin, emu, people = e["admin"], e["emu"], e["people"]
-    figures: dict[str, object] = {}
+    figures: dict[str, object] = {"setup": {k: round(v, 1) for k, v in e["setup"].items()}}
     t0 = time.monotonic()
     pods = workload(random.Random(7), 60)
     status = people.get("/k8s/status").json()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import core_api
-from k8s_cluster import cluster_role_rules, gpu_node_body, gpu_pod_body
+from k8s_cluster import cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
 from kubernetes import client
 
 from keti_ray.annotations import decode_allocation

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from certs import TestCA
-from gate import RunningGate
+from k8s_certs import TestCA
+from k8s_gate import RunningGate
 
 
 class Upstream(BaseHTTPRequestHandler):
