@@ -32,6 +32,8 @@ DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 KUBELET_SOCKET_NAME = "kubelet.sock"
 MPS_PIPE_DIR = "/tmp/nvidia-mps"
 MPS_LOG_DIR = "/var/log/nvidia-mps"
+MPS_SHM_HOST_DIR = "/run/keti-ray/mps-shm"  # the MPS server's /dev/shm on the node (the GPU
+# DaemonSet's agent mounts it there); MPS tenants need it at /dev/shm too, instead of hostIPC
 VAI_STATUS_HOST_DIR = "/var/run/keti-ray/vai-status"
 
 # Ray custom resource carried by each GPU/NPU node that runs a NodeAgent.

@@ -203,6 +203,8 @@ def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> Non
     assert host["mps-log"] == C.MPS_LOG_DIR
     assert host["vai-status"] == C.VAI_STATUS_HOST_DIR
     assert host["vai-shim"] == C.SHIM_HOST_DIR
+    assert host["mps-shm"] == C.MPS_SHM_HOST_DIR  # the MPS server's shared memory, no hostIPC
+    assert mount_path(container(spec, "agent"), "mps-shm") == "/dev/shm"
     for c in spec["containers"]:
         env = env_of(c)
         # Every env var that names a directory points where that directory is mounted.
