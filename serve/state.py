@@ -84,7 +84,7 @@ class AllocatorState:
             follow_pointer_s=POINTER_PERIOD_S,
         )
         self.k8s = start_sync(self.service, k8s_api) if k8s_api else None
-        self.live_mix = start_live_mix(self.service, source.telemetry_dir)
+        self.live_mix = start_live_mix(self.service, source.telemetry_dir) if k8s_api else None
 
     def ping(self) -> bool:
         return True
