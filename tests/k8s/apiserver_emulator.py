@@ -21,7 +21,8 @@ emu.url`). It follows the documented API behaviour
   with only `metadata.resourceVersion`) every `bookmark_interval_s` and before a watch ends.
   `timeoutSeconds` ends the stream cleanly. The body is chunked, one JSON event per line.
   `hold_watches()`/`release_watches()` let a test stall every open watch (a partitioned
-  watcher), so that changes and a compaction can happen behind it.
+  watcher), so that changes and a compaction can happen behind it; `outage(s)` takes the
+  server away (connections refused) and brings it back with its storage, as a restart.
 - **get**, **create** (409 AlreadyExists; a pod is created Pending with its status cleared,
   a node keeps the status it was registered with; `generateName`), **update** (PUT;
   409 Conflict when `metadata.resourceVersion` is stale), **patch** with
@@ -358,6 +359,24 @@ class ApiServerEmulator:
     def url(self) -> str:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def outage(self, seconds: float) -> None:
+        """The API server goes away for `seconds` (connections refused, open watches cut) and
+        comes back on the same port with its storage (etcd) intact, as a restart does."""
+        assert self._server is not None
+        port = self._server.server_address[1]
+        self._stopping.set()
+        with self.store.cond:
+            self.store.cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        time.sleep(seconds)
+        self._stopping.clear()
+        handler = self._server.RequestHandlerClass
+        self._server = _Server(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()

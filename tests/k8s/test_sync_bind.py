@@ -211,3 +211,20 @@ def test_the_allocator_uses_only_its_rbac_rules(cluster):
     with pytest.raises(client.ApiException) as info:
         cluster["api"].delete_namespaced_pod("x", "default")
     assert info.value.status == 403
+
+
+def test_an_api_server_outage_is_ridden_out_and_the_watch_resumes(cluster):
+    """Connections refused for a second: the watches back off and resume from their last
+    resourceVersion (no relist: the history is still there), and then see new changes."""
+    admin, sync = cluster["admin"], cluster["sync"]
+    pod = create(admin, "survivor", 20)
+    assert bind(cluster, pod, "n1") == {"Error": ""}
+    wait(lambda: sync.status()["pods_tracked"] == 1, what="the pod seen")
+    stats = sync.pod_watch.stats
+    lists, errors = stats.lists, stats.errors
+    cluster["emu"].outage(1.0)
+    admin.delete_namespaced_pod("survivor", "default", grace_period_seconds=0)
+    start = time.monotonic()
+    wait(lambda: not booked(cluster), timeout=15, what="the release after the outage")
+    assert stats.errors > errors and stats.lists == lists
+    assert time.monotonic() - start < 12  # the backoff is capped at 10 s
