@@ -215,7 +215,7 @@ def e2e(tmp_path_factory):
     client_ca = TestCA(pki["dir"], "scheduler-client-ca")
     server = server_ca.issue("keti-allocator-scheduler", dns=("localhost",))
     sched_cert = client_ca.issue("keti-scheduler", client=True)
-    from tests.factories import local_serve
+    from ..factories import local_serve
 
     try:
         with local_serve() as port:
