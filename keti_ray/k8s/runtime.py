@@ -22,7 +22,6 @@ from keti_ray.k8s.sync import ClusterSync, list_gpu_nodes, node_view
 log = logging.getLogger("keti_ray.k8s.runtime")
 
 
-
 def api_from_env(environ: dict[str, str] | None = None) -> client.CoreV1Api | None:
     """The CoreV1Api that KETI_K8S_API names, or None when it is unset."""
     env = os.environ if environ is None else environ

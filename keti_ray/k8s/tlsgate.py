@@ -88,7 +88,7 @@ def uvicorn_config(app: Starlette, host: str, port: int, cert: str, key: str, cl
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m keti_ray.k8s.tlsgate", description=__doc__)
     parser.add_argument("--listen", default="0.0.0.0:8443", help="host:port of the TLS listener")
     parser.add_argument("--upstream", default="http://127.0.0.1:8000", help="Serve on loopback")
@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", required=True, help="its private key (PEM)")
     parser.add_argument("--client-ca", required=True, help="CA that signs scheduler client certs")
     parser.add_argument("--token-file", help="file holding KETI_RAY_TOKEN (added upstream)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():

@@ -396,3 +396,35 @@ def test_namespaced_objects_name_their_namespace(manifests: list[Manifest]) -> N
     for m in manifests:
         if m.kind not in cluster_scoped:
             assert m.namespace, f"{m.where()} has no namespace"
+
+
+def test_the_gpu_agent_command_parses_with_the_cli(manifests: list[Manifest]) -> None:
+    """The DaemonSet's `keti-ray agent ...` flags are the CLI's own (unknown ones would crash
+    the container at start)."""
+    import typer.main
+
+    from keti_ray.cli import _register, app
+
+    _register()
+    spec = daemonset(manifests, "keti-gpu-plugin")["spec"]["template"]["spec"]
+    argv = container(spec, "agent")["command"]
+    assert argv[0] == "keti-ray"
+    group = typer.main.get_command(app)
+    cmd = group.get_command(None, argv[1])
+    ctx = cmd.make_context(argv[1], list(argv[2:]), resilient_parsing=False)
+    assert ctx.params["standalone"] is True
+    assert ctx.params["allocator_url"].endswith(f":{C.DEFAULT_API_PORT}")
+    with pytest.raises(Exception, match="No such option"):
+        cmd.make_context(argv[1], [*argv[2:], "--no-such-flag"])
+
+
+def test_the_tls_gate_command_parses(manifests: list[Manifest]) -> None:
+    from keti_ray.k8s.tlsgate import build_parser
+
+    rs = find(manifests, "RayService", "keti-allocator").doc
+    gate = container(
+        rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"], "tls-gate"
+    )
+    assert gate["command"][:3] == ["python", "-m", "keti_ray.k8s.tlsgate"]
+    args = build_parser().parse_args(gate["command"][3:])
+    assert args.client_ca and args.token_file and args.cert and args.key
