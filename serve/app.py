@@ -138,7 +138,7 @@ class AllocatorIngress:
         result = await self._decide((body.pod.to_request(), body.dry_run, body.node, body.pod.uid))
         return _single(dict(result))
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
     async def _decide(self, requests: list[tuple]) -> list[dict]:
         """Concurrent requests share one call to the state actor (and one commit): the actor
         hop and the fsync, not the decision, are what a single request costs."""

@@ -59,9 +59,13 @@ class ServiceMetrics:
             "keti_allocator_info", "The serving policy (value 1)", ["policy"], registry=r
         )
         self._policy: str | None = None
+        self._children: dict[tuple[str, str], Counter] = {}
 
     def decided(self, policy: str, outcome: str, seconds: float) -> None:
-        self.decisions.labels(policy, outcome).inc()
+        child = self._children.get((policy, outcome))
+        if child is None:  # `labels()` costs a lock and a lookup: resolve each pair once
+            child = self._children[(policy, outcome)] = self.decisions.labels(policy, outcome)
+        child.inc()
         self.duration.observe(seconds)
 
     def serving(self, policy: str) -> None:

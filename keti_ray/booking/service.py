@@ -9,6 +9,7 @@ means "nothing booked".
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -507,7 +508,7 @@ class AllocationService:
     def _share(self, milli: int, node: str) -> dict:
         """What one GPU share gives the pod: {milli, sm_pct, sms, device_sms, mechanism}."""
         model = self.state.specs[self.state.index[node]].model
-        return share_for(milli, device_sm_count(model), self.mechanism[node]).as_dict()
+        return dict(_share_dict(milli, model, self.mechanism[node]))
 
     # ---- release and reconcile -----------------------------------------------------------------
 
@@ -732,6 +733,12 @@ class AllocationService:
         if self.events is not None:
             self.events.close()
         self.store.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _share_dict(milli: int, model: str, mechanism: Mechanism) -> dict:
+    """`Share.as_dict()` of a share on a GPU model (few distinct values: cached; callers copy)."""
+    return share_for(milli, device_sm_count(model), mechanism).as_dict()
 
 
 def _renamed(pod: PodRequest, name: str) -> PodRequest:
