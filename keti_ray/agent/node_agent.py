@@ -327,7 +327,14 @@ class NodeAgent:
             "simulated": bool(self.backend is not None and self.backend.simulated),
             "chooser": self.chooser_name,
             "plugins": plugins,
+            "gpu_health": self.gpu_plugin.health_state() if self.gpu_plugin else None,
+            "decision_fallbacks": (
+                {f"{c}/{r}": n for (c, r), n in self.gpu_plugin.fallbacks.items()}
+                if self.gpu_plugin
+                else None
+            ),
             "mps": asdict(self.mps.status()) if self.mps else None,
+            "mps_ceilings": asdict(self.ceilings) if self.ceilings else None,
             "telemetry": {"samples": self.sampler.samples, "errors": self.sampler.errors},
             "problems": list(self.problems),
         }
@@ -371,7 +378,7 @@ class NodeAgent:
                 a.device_sms or sms_of.get(a.gpu_uuids[0]),
             )
             mech = Mechanism.GREEN if any("green" in m for m in reported) else Mechanism.MPS
-            booked_pct = min(a.units, GPU_UNITS_PER_DEVICE) if a.bless_limit_pct else None
+            booked_pct = a.bless_limit_pct  # the served share (1-4 units serve as 5%)
             if reported:
                 mechanism = ",".join(reported)
             elif a.units >= GPU_UNITS_PER_DEVICE:

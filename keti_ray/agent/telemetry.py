@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -425,7 +426,9 @@ class StoreSink:
 
 class HttpSink:
     """POSTs batches to the allocator (`keti-ray agent --standalone`): JSON
-    `{"node", "inventory", "records"}` with a bearer token, from a thread of its own.
+    `{"node", "batch", "inventory", "records"}` with a bearer token, from a thread of its own.
+    `batch` is an ID the batch keeps across retries, so the receiver can drop a duplicate
+    (a batch whose answer was lost is sent again).
 
     The sampler never waits: batches queue in a bounded buffer (the oldest dropped, and
     counted, when the allocator is away), and one that fails is kept for the next try.
@@ -452,7 +455,9 @@ class HttpSink:
         self.sent = 0
         self.dropped = 0
         self.failures = 0
-        self._queue: collections.deque[list[Record]] = collections.deque(maxlen=max_batches)
+        self._queue: collections.deque[tuple[str, list[Record]]] = collections.deque(
+            maxlen=max_batches
+        )
         self._cv = threading.Condition()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="telemetry-push", daemon=True)
@@ -462,14 +467,16 @@ class HttpSink:
         with self._cv:
             if len(self._queue) == self._queue.maxlen:
                 self.dropped += 1
-            self._queue.append(records)
+            self._queue.append((uuid.uuid4().hex, records))
             self._cv.notify()
 
-    def _post(self, records: list[Record]) -> None:
+    def _post(self, batch: tuple[str, list[Record]]) -> None:
         import urllib.request
 
+        batch_id, records = batch
         body = json.dumps(
-            {"node": self.node, "inventory": self.inventory, "records": records}, default=str
+            {"node": self.node, "batch": batch_id, "inventory": self.inventory, "records": records},
+            default=str,
         ).encode()
         req = urllib.request.Request(self.url, data=body, method="POST")
         req.add_header("Content-Type", "application/json")

@@ -52,7 +52,13 @@ from keti_ray.deviceplugin.server import HEALTHY, UNHEALTHY, DevicePluginServer,
 from keti_ray.deviceplugin.units import device_id, parse_device_id
 from keti_ray.podenv import CONTAINER_STATUS_DIR, gpu_pod_env
 from keti_ray.quantity import memory_mib
-from keti_ray.shares import device_sm_count, limit_pct_for_units, served_milli, units_to_milli
+from keti_ray.shares import (
+    MILLI_PER_GPU,
+    device_sm_count,
+    limit_pct,
+    limit_pct_for_units,
+    units_to_milli,
+)
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +471,19 @@ class GpuPlugin(DevicePluginServer):
         self._m_decided.labels(call).inc()
         return d
 
+    def _check_decided_share(self, d: Decision, size: int) -> None:
+        """The share is decided once too: served as booked, which is at least what is asked
+        (the allocator may round a small request up to the smallest share of its GPUs)."""
+        per = GPU_UNITS_PER_DEVICE
+        whole = size >= per
+        if whole != (d.milli == MILLI_PER_GPU) or (not whole and d.milli < units_to_milli(size)):
+            raise PluginError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"pod {d.pod_key} container {d.container}: {ANN_ALLOCATION} books "
+                f"{d.milli} milli but the container asks for {size} units "
+                f"({units_to_milli(size)} milli{'' if not whole else ', whole GPUs'})",
+            )
+
     def _decided_ids(
         self, d: Decision, avail: dict[str, list[str]], must: list[str], size: int
     ) -> list[str]:
@@ -477,13 +496,7 @@ class GpuPlugin(DevicePluginServer):
                 f"pod {d.pod_key} container {d.container}: {ANN_ALLOCATION} names GPU(s) "
                 f"{unknown}, which this node does not have (it has {list(self._by_uuid)})",
             )
-        want_milli = served_milli(units_to_milli(size)) if size <= per else 1000
-        if d.milli != want_milli:
-            raise PluginError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"pod {d.pod_key} container {d.container}: {ANN_ALLOCATION} books "
-                f"{d.milli} milli but the container asks for {size} units ({want_milli} milli)",
-            )
+        self._check_decided_share(d, size)
         need = 1 if size <= per else size // per
         if len(d.gpus) != need:
             raise PluginError(
@@ -641,6 +654,8 @@ class GpuPlugin(DevicePluginServer):
             self._m_decided.labels("Allocate").inc()
             return hit[1]
         d = self._decision_for(units, "Allocate")
+        if d is not None:
+            self._check_decided_share(d, units)
         if d is not None and set(d.gpus) != set(groups):
             raise PluginError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -673,10 +688,13 @@ class GpuPlugin(DevicePluginServer):
         uuids = tuple(groups)
         gpu = self._by_uuid[uuids[0]]
         share_units = min(units, GPU_UNITS_PER_DEVICE)
-        bless = limit_pct_for_units(share_units)  # None for a whole GPU; 1-4 units serve as 5
+        sms = self._device_sms(gpu)
+        if decision is not None:  # the decided share (booked >= asked, checked above)
+            bless = limit_pct(decision.milli)
+        else:  # the same rule the allocator books by, on this GPU (its smallest share)
+            bless = limit_pct_for_units(share_units, sms)
         served = bless if bless is not None else GPU_UNITS_PER_DEVICE
         mem_mib = self._memory_mib_for(gpu, served if units <= GPU_UNITS_PER_DEVICE else units)
-        sms = self._device_sms(gpu)
         alloc_id = uuidlib.uuid4().hex[:12]
         record = GpuAllocation(
             allocation_id=alloc_id,

@@ -39,9 +39,11 @@ AGENT_RULES = [  # what the DaemonSet's service account needs, and no more
 class Receiver:
     """An HTTP server that keeps every JSON body POSTed to it (the allocator's /telemetry)."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, fail_first: int = 0) -> None:
         self.posts: list[dict] = []
+        self.refused: list[dict] = []
         self.auth: list[str | None] = []
+        self.fail_first = fail_first
         recv = self
 
         class H(BaseHTTPRequestHandler):
@@ -49,6 +51,11 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 recv.auth.append(self.headers.get("Authorization"))
                 ok = token is None or self.headers.get("Authorization") == f"Bearer {token}"
+                if ok and len(recv.refused) < recv.fail_first:  # the allocator is restarting
+                    recv.refused.append(json.loads(body))
+                    self.send_response(503)
+                    self.end_headers()
+                    return
                 if ok:
                     recv.posts.append(json.loads(body))
                 self.send_response(204 if ok else 401)
@@ -79,6 +86,20 @@ def test_node_patch_holds_the_inventory():
         "keti.re.kr/gpu-memory-mib": "143771",
     }
     assert label_value("  NVIDIA A100-SXM4-80GB (rev a1) ") == "NVIDIA-A100-SXM4-80GB-rev-a1"
+
+
+def test_http_sink_resends_a_refused_batch_under_the_same_id():
+    recv = Receiver(token="t", fail_first=2)
+    sink = HttpSink(recv.url + "/telemetry", "n1", token="t", retry_s=0.05)
+    try:
+        sink.put([{"kind": "gpu", "i": 1}])
+        assert sink.flush(5.0)
+        assert len(recv.refused) == 2 and len(recv.posts) == 1
+        assert {r["batch"] for r in recv.refused} == {recv.posts[0]["batch"]}
+        assert recv.posts[0]["records"] == [{"kind": "gpu", "i": 1}]
+    finally:
+        sink.close()
+        recv.stop()
 
 
 def test_http_sink_keeps_batches_while_the_allocator_is_away():
@@ -179,6 +200,7 @@ def test_standalone_agent_publishes_pushes_and_follows_decisions(env, short_tmp)
             time.sleep(0.05)
         post = recv.posts[-1]
         assert post["node"] == "gpu-a" and [g["uuid"] for g in post["inventory"]] == uuids
+        assert len({p["batch"] for p in recv.posts}) == len(recv.posts)  # one ID per batch
         rows = [r for p in recv.posts for r in p["records"] if r["kind"] == "allocation"]
         assert rows[-1]["pod"] == "default/p" and rows[-1]["units"] == 40
         text = (

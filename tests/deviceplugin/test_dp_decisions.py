@@ -215,13 +215,29 @@ def test_an_annotation_naming_another_node_is_not_followed(cluster):
     assert plugin.fallbacks[("Allocate", "no-decision")] == 1
 
 
-def test_a_decision_for_another_share_is_refused(cluster):
+def _annotate(admin, name: str, containers: dict[str, ContainerAllocation]) -> None:
+    alloc = Allocation(node=NODE, policy="fgd", containers=containers)
+    admin.patch_namespaced_pod(
+        name, "default", {"metadata": {"annotations": {ANN_ALLOCATION: encode_allocation(alloc)}}}
+    )
+
+
+def test_a_decision_booking_less_than_asked_is_refused(cluster):
     _, admin, kubelet, plugin, uuids = cluster
     bind_pod(admin, "odd", {"main": 30}, None)
-    alloc = Allocation(node=NODE, policy="fgd", containers={"main": share([uuids[1]], 40)})
-    admin.patch_namespaced_pod(
-        "odd", "default", {"metadata": {"annotations": {ANN_ALLOCATION: encode_allocation(alloc)}}}
-    )
-    with pytest.raises(AdmissionError, match="books 400 milli but the container asks for 30"):
+    _annotate(admin, "odd", {"main": share([uuids[1]], 20)})
+    with pytest.raises(AdmissionError, match="books 200 milli but the container asks for 30"):
         kubelet.admit(R, 30, pod=("default", "odd"))
     assert plugin.allocations == {}
+
+
+def test_the_decided_share_is_served_as_booked(cluster):
+    """The allocator may book a small request as a larger share (its GPUs' smallest share);
+    the plugin serves what was booked, not its own rounding."""
+    _, admin, kubelet, plugin, uuids = cluster
+    bind_pod(admin, "small", {"main": 5}, None)
+    _annotate(admin, "small", {"main": share([uuids[2]], 20)})
+    ids, resp = kubelet.admit(R, 5, pod=("default", "small"))
+    assert _gpus(ids) == {uuids[2]} and resp.envs["BLESS_LIMIT_PCT"] == "20"
+    limits = next(m.host_path for m in resp.mounts if m.container_path == "/etc/vai/limits")
+    assert "BLESS_LIMIT_PCT=20\n" in Path(limits).read_text()

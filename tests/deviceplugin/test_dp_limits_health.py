@@ -33,8 +33,9 @@ def _limits(resp) -> dict[str, str]:
 
 
 def test_every_unit_value_maps_to_its_own_cap_and_only_100_is_uncapped(kubelet, make_gpu_plugin):
-    """CONTRACTS §1: a share is served in whole units, at least 5 (the minimum share); 100
-    units is the whole GPU, the only value without a cap."""
+    """CONTRACTS §1: a share is served in whole units, at least the GPU's smallest share (MPS
+    never grants fewer than 8 SMs: 7% of the simulated GPU's 132); 100 units is the whole GPU,
+    the only value without a cap."""
     plugin, _ = make_gpu_plugin(1, memory_limit="none")
     plugin.start()
     assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 5)
@@ -46,7 +47,7 @@ def test_every_unit_value_maps_to_its_own_cap_and_only_100_is_uncapped(kubelet, 
             uncapped.append(units)
             assert ENV_BLESS_LIMIT_PCT not in lim
         else:
-            want = str(max(5, units))
+            want = str(max(7, units))
             assert env[ENV_BLESS_LIMIT_PCT] == want, units
             assert lim[ENV_BLESS_LIMIT_PCT] == want, units
         assert env[ENV_VAI_DEVICE_SM_COUNT] == lim[ENV_VAI_DEVICE_SM_COUNT] == "132"
@@ -134,6 +135,13 @@ def test_pod_resources_emulator_lists_allocations_and_healthy_allocatable(plugin
         ids, _ = k.admit(R, 30, pod=("ns1", "p1"), container="c")
         (h,) = client.holdings(R)
         assert (h.pod_key, h.container, h.device_ids) == ("ns1/p1", "c", frozenset(ids))
+        from keti_ray.deviceplugin._gen import podresources_pb2 as prpb
+
+        one = client._stub().Get(prpb.GetPodResourcesRequest(pod_name="p1", pod_namespace="ns1"))
+        assert sorted(one.pod_resources.containers[0].devices[0].device_ids) == sorted(ids)
+        with pytest.raises(grpc.RpcError) as err:
+            client._stub().Get(prpb.GetPodResourcesRequest(pod_name="nope", pod_namespace="ns1"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert len(client.allocatable(R)) == 200
         backend.fail(backend.discover()[1].uuid, xid=79)
         assert k.wait_for(lambda k: k.capacity(R) == 100, 1.0)
