@@ -31,9 +31,17 @@ RAYSERVICE_FILE = MANIFEST_DIR / "30-rayservice.yaml"
 _SERVE_KEY = "serveConfigV2:"
 
 # What the RayService runs differently from `make up` (serve/serve_config.yaml): its env vars
-# (the API server instead of simulated nodes; telemetry on the shared volume) and its policy
-# (the serving pointer on the shared volume, which `keti-ray retrain --pointer` rewrites).
-CLUSTER_ENV_VARS = {"KETI_K8S_API": "in-cluster", "KETI_TELEMETRY_DIR": "/data/telemetry"}
+# (the API server instead of simulated nodes; telemetry and bookings on the shared volume) and
+# its policy (the serving pointer on the shared volume, which `keti-ray retrain --pointer`
+# rewrites).
+CLUSTER_ENV_VARS = {
+    "KETI_K8S_API": "in-cluster",
+    "KETI_TELEMETRY_DIR": "/data/telemetry",
+    # The booking store must outlive the state actor, which Ray may restart on any node of the
+    # RayService: the shared volume is the one place every node mounts (see kuberay/README.md
+    # on SQLite over network file systems).
+    "KETI_STATE": "/data/allocator/bookings.sqlite",
+}
 SERVING_POINTER = "/data/checkpoints/serving.json"
 CLUSTER_USER_CONFIG = {"pointer": SERVING_POINTER}
 
