@@ -32,6 +32,8 @@ DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 KUBELET_SOCKET_NAME = "kubelet.sock"
 MPS_PIPE_DIR = "/tmp/nvidia-mps"
 MPS_LOG_DIR = "/var/log/nvidia-mps"
+MPS_SHM_HOST_DIR = "/run/keti-ray/mps-shm"  # the MPS server's /dev/shm on the node (the GPU
+# DaemonSet's agent mounts it there); MPS tenants need it at /dev/shm too, instead of hostIPC
 VAI_STATUS_HOST_DIR = "/var/run/keti-ray/vai-status"
 
 # Ray custom resource carried by each GPU/NPU node that runs a NodeAgent.
@@ -65,3 +67,10 @@ LABEL_GPU_MODEL = "keti.re.kr/gpu-model"  # node label
 ANN_GPU_UUIDS = "keti.re.kr/gpu-uuids"  # node annotation: UUIDs in index order, comma-separated
 ANN_GPU_SM_COUNT = "keti.re.kr/gpu-sm-count"  # node annotation: SMs per GPU
 ANN_GPU_MEMORY_MIB = "keti.re.kr/gpu-memory-mib"  # node annotation: memory per GPU (MiB)
+
+# The allocator on Kubernetes (keti_ray/k8s/): where its API server is. "in-cluster": the pod's
+# service account; a URL: that server (tests: the API-server emulator), with the bearer token
+# in KETI_K8S_TOKEN; unset: not on Kubernetes (simulated or CSV nodes, as `make up`).
+ENV_K8S_API = "KETI_K8S_API"
+ENV_K8S_TOKEN = "KETI_K8S_TOKEN"
+K8S_IN_CLUSTER = "in-cluster"

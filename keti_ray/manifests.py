@@ -1,8 +1,10 @@
 """Load the Kubernetes manifests in kuberay/ and keep RayService.serveConfigV2 in step with Serve.
 
 Why: the manifests are data that other code (tests, the deployment guide, CI) reads, and the
-RayService must carry the same Serve applications as serve/serve_config.yaml. One loader gives
-every reader the same view and the same clear errors (file and document index).
+RayService must carry the same Serve applications as serve/serve_config.yaml, except what the
+cluster sets differently (`cluster_applications`: the nodes come from the API server, not
+simulated; the policy follows the serving pointer the retrain RayJob promotes through). One
+loader gives every reader the same view and the same clear errors (file and document index).
 
     python -m keti_ray.manifests list                 # every object: file, kind, namespace/name
     python -m keti_ray.manifests sync-serve-config    # copy serve_config.yaml's applications
@@ -12,6 +14,7 @@ every reader the same view and the same clear errors (file and document index).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +29,21 @@ SERVE_CONFIG = REPO_ROOT / "serve" / "serve_config.yaml"
 RAYSERVICE_FILE = MANIFEST_DIR / "30-rayservice.yaml"
 
 _SERVE_KEY = "serveConfigV2:"
+
+# What the RayService runs differently from `make up` (serve/serve_config.yaml): its env vars
+# (the API server instead of simulated nodes; telemetry and bookings on the shared volume) and
+# its policy (the serving pointer on the shared volume, which `keti-ray retrain --pointer`
+# rewrites).
+CLUSTER_ENV_VARS = {
+    "KETI_K8S_API": "in-cluster",
+    "KETI_TELEMETRY_DIR": "/data/telemetry",
+    # The booking store must outlive the state actor, which Ray may restart on any node of the
+    # RayService: the shared volume is the one place every node mounts (see kuberay/README.md
+    # on SQLite over network file systems).
+    "KETI_STATE": "/data/allocator/bookings.sqlite",
+}
+SERVING_POINTER = "/data/checkpoints/serving.json"
+CLUSTER_USER_CONFIG = {"pointer": SERVING_POINTER}
 
 
 class ManifestError(ValueError):
@@ -119,6 +137,18 @@ def load_serve_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
     return parsed
 
 
+def cluster_applications(applications: list[Any]) -> list[Any]:
+    """serve_config.yaml's applications as the RayService runs them (see CLUSTER_ENV_VARS)."""
+    out = copy.deepcopy(applications)
+    for app in out:
+        if isinstance(app, dict):
+            app.setdefault("runtime_env", {})["env_vars"] = dict(CLUSTER_ENV_VARS)
+            for deployment in app.get("deployments") or []:
+                if isinstance(deployment, dict) and "user_config" in deployment:
+                    deployment["user_config"] = dict(CLUSTER_USER_CONFIG)
+    return out
+
+
 def render_serve_block(applications: list[Any], indent: int) -> list[str]:
     """The lines of a `serveConfigV2: |` literal block carrying `applications`."""
     body = yaml.safe_dump({"applications": applications}, sort_keys=False, default_flow_style=False)
@@ -133,7 +163,7 @@ def sync_serve_config(
 
     Only that block changes, so the file's comments stay. Returns True when the file changed.
     """
-    apps = load_serve_config(serve_config_path)["applications"]
+    apps = cluster_applications(load_serve_config(serve_config_path)["applications"])
     lines = rayservice_path.read_text().splitlines()
     starts = [i for i, line in enumerate(lines) if line.strip() == _SERVE_KEY + " |"]
     if len(starts) != 1:

@@ -24,6 +24,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve import k8s_routes
 from serve.extender import (
     MAX_EXTENDER_PRIORITY,
     ExtenderError,
@@ -58,6 +59,7 @@ api = FastAPI(
 api.router.route_class = StrictRoute
 api.add_exception_handler(RequestValidationError, validation_error)
 api.add_exception_handler(StarletteHTTPException, http_error)
+api.include_router(k8s_routes.router)  # Kubernetes: the extender's bindVerb, /k8s/status
 
 
 class StateUnavailable(HTTPException):

@@ -15,6 +15,7 @@ import ray
 from keti_ray.booking import AllocationService, PolicySpec, StoreUnavailable
 from keti_ray.cluster import NodeSpec, PodRequest
 from keti_ray.fragmentation import TypicalPods
+from keti_ray.k8s.runtime import api_from_env, initial_nodes, start_live_mix, start_sync
 from keti_ray.simcluster import simulated_nodes
 from keti_ray.telemetry import TelemetryStore
 from keti_ray.trace import load_nodes, load_pods
@@ -70,17 +71,27 @@ class AllocatorState:
         telemetry = None
         if source.telemetry_dir:
             telemetry = TelemetryStore(source.telemetry_dir, writer="allocator")
+        # On Kubernetes (KETI_K8S_API): the API server's nodes, then a watch (keti_ray/k8s).
+        k8s_api = api_from_env()
+        nodes, gpu_uuids = initial_nodes(k8s_api) if k8s_api else (source.nodes(), None)
         self.service = AllocationService(
-            source.nodes(),
+            nodes,
             typical=source.typical(),
             policy=PolicySpec.from_config(policy) if policy else None,
             state=source.state,
             telemetry=telemetry,
+            gpu_uuids=gpu_uuids,
             follow_pointer_s=POINTER_PERIOD_S,
         )
+        self.k8s = start_sync(self.service, k8s_api) if k8s_api else None
+        self.live_mix = start_live_mix(self.service, source.telemetry_dir) if k8s_api else None
 
     def ping(self) -> bool:
         return True
+
+    def k8s_status(self) -> dict:
+        """The cluster sync's view (keti_ray/k8s/sync.py), or that it is off."""
+        return self.k8s.status() if self.k8s else {"enabled": False}
 
     def allocate_many(self, requests: list[tuple]) -> list[dict]:
         """Requests (pod, dry_run[, node, uid]) that a replica batched: decided in arrival

@@ -20,6 +20,9 @@ emu.url`). It follows the documented API behaviour
   test drop history. `allowWatchBookmarks=true` adds `BOOKMARK` events (an object of the kind
   with only `metadata.resourceVersion`) every `bookmark_interval_s` and before a watch ends.
   `timeoutSeconds` ends the stream cleanly. The body is chunked, one JSON event per line.
+  `hold_watches()`/`release_watches()` let a test stall every open watch (a partitioned
+  watcher), so that changes and a compaction can happen behind it; `outage(s)` takes the
+  server away (connections refused) and brings it back with its storage, as a restart.
 - **get**, **create** (409 AlreadyExists; a pod is created Pending with its status cleared,
   a node keeps the status it was registered with; `generateName`), **update** (PUT;
   409 Conflict when `metadata.resourceVersion` is stale), **patch** with
@@ -333,6 +336,8 @@ class ApiServerEmulator:
         self.rules: dict[str, list[dict]] = {}
         self.admin_tokens: set[str | None] = {None}
         self._stopping = threading.Event()
+        self._delivering = threading.Event()
+        self._delivering.set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -344,7 +349,7 @@ class ApiServerEmulator:
         class Handler(_Handler):
             server_emu = emu
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -354,6 +359,24 @@ class ApiServerEmulator:
     def url(self) -> str:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def outage(self, seconds: float) -> None:
+        """The API server goes away for `seconds` (connections refused, open watches cut) and
+        comes back on the same port with its storage (etcd) intact, as a restart does."""
+        assert self._server is not None
+        port = self._server.server_address[1]
+        self._stopping.set()
+        with self.store.cond:
+            self.store.cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        time.sleep(seconds)
+        self._stopping.clear()
+        handler = self._server.RequestHandlerClass
+        self._server = _Server(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -375,6 +398,14 @@ class ApiServerEmulator:
             del self.store.history_rvs[:cut]
             self.store.compacted = max(self.store.compacted, target)
             return self.store.compacted
+
+    def hold_watches(self) -> None:
+        """Open watches stop delivering (a slow or partitioned watcher) until
+        `release_watches()`; with a `compact()` in between, they then get 410 Gone."""
+        self._delivering.clear()
+
+    def release_watches(self) -> None:
+        self._delivering.set()
 
     def authorize(self, token: str, rules: list[dict]) -> None:
         """Requests bearing `token` are allowed only what these RBAC PolicyRules allow."""
@@ -758,6 +789,9 @@ class ApiServerEmulator:
             now = time.monotonic()
             if now >= deadline:
                 break
+            if not self._delivering.is_set():
+                self._delivering.wait(0.2)
+                continue
             with self.store.cond:
                 if last < self.store.compacted:
                     # history this watcher had not seen was compacted away under it
@@ -872,6 +906,15 @@ _PATH = re.compile(
     r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|binding))?/?$"
 )
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up (a stopped watch) is normal; anything else is printed."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

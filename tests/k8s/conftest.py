@@ -10,16 +10,7 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parent))  # the emulator is imported as a plain module
 from apiserver_emulator import ApiServerEmulator  # noqa: E402
-
-
-def core_api(url: str, token: str | None = None) -> client.CoreV1Api:
-    """A CoreV1Api on the emulator, as in-cluster config would build it (bearer token)."""
-    cfg = client.Configuration()
-    cfg.host = url
-    if token:
-        cfg.api_key = {"authorization": token}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
-    return client.CoreV1Api(client.ApiClient(cfg))
+from k8s_cluster import core_api  # noqa: E402
 
 
 @pytest.fixture

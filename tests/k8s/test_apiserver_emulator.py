@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import core_api
+from k8s_cluster import core_api
 from kubernetes import client, watch
 
 

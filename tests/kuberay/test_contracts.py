@@ -163,11 +163,28 @@ def test_plugin_daemonset(manifests: list[Manifest], name: str, kind: str, socke
     spec = ds["spec"]["template"]["spec"]
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["nodeSelector"] and spec["tolerations"]
-    assert spec["automountServiceAccountToken"] is False
-    plugin = container(spec, "plugin")
-    argv = plugin["command"]
-    assert argv[:3] == ["keti-ray", "plugin", kind]
-    assert argv[argv.index("--plugin-dir") + 1] == C.DEVICE_PLUGIN_DIR
+    # The NPU plugin talks to kubelet only; the GPU plugin reads pod decisions from the API
+    # server under its own service account (rules checked in test_rbac_rules_are_exact).
+    if kind == "npu":
+        assert spec["automountServiceAccountToken"] is False
+    else:
+        assert spec["serviceAccountName"] == "keti-node-agent"
+        assert spec.get("automountServiceAccountToken", True) is True
+    if kind == "npu":
+        plugin = container(spec, "plugin")
+        argv = plugin["command"]
+        assert argv[:3] == ["keti-ray", "plugin", kind]
+        assert argv[argv.index("--plugin-dir") + 1] == C.DEVICE_PLUGIN_DIR
+    else:  # the stand-alone node agent serves the GPU plugin (keti_ray/agent/standalone.py)
+        plugin = container(spec, "agent")
+        argv = plugin["command"]
+        assert argv[:3] == ["keti-ray", "agent", "--standalone"]
+        flags = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        assert flags["--plugin-dir"] == C.DEVICE_PLUGIN_DIR
+        assert flags["--apiserver"] == "incluster"
+        socket_dir = flags["--pod-resources-socket"].rsplit("/", 1)[0]
+        assert mount_path(plugin, "pod-resources") == socket_dir
+        assert flags["--token-file"].startswith(mount_path(plugin, "agent-token") + "/")
     assert volume(spec, "device-plugins")["hostPath"]["path"] == C.DEVICE_PLUGIN_DIR
     assert mount_path(plugin, "device-plugins") == C.DEVICE_PLUGIN_DIR
     for probe in ("startupProbe", "livenessProbe"):
@@ -186,6 +203,8 @@ def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> Non
     assert host["mps-log"] == C.MPS_LOG_DIR
     assert host["vai-status"] == C.VAI_STATUS_HOST_DIR
     assert host["vai-shim"] == C.SHIM_HOST_DIR
+    assert host["mps-shm"] == C.MPS_SHM_HOST_DIR  # the MPS server's shared memory, no hostIPC
+    assert mount_path(container(spec, "agent"), "mps-shm") == "/dev/shm"
     for c in spec["containers"]:
         env = env_of(c)
         # Every env var that names a directory points where that directory is mounted.
@@ -204,7 +223,7 @@ def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> Non
     assert "mv -f" in install["command"][-1]  # write-then-rename: running pods keep their copy
 
 
-@pytest.mark.parametrize("name", ["keti-gpu-plugin", "keti-npu-plugin"])
+@pytest.mark.parametrize("name", ["keti-npu-plugin"])
 def test_ray_node_joins_the_allocator_with_the_node_resource(
     manifests: list[Manifest], name: str
 ) -> None:
@@ -243,28 +262,70 @@ def test_scheduler_config_is_a_valid_kube_scheduler_configuration(
 
 
 def test_extender_points_at_the_allocator_routes(manifests: list[Manifest]) -> None:
+    from keti_ray.k8s.tlsgate import EXTENDER_PATHS
+
     config = _scheduler_config(manifests)
     (ext,) = config["extenders"]
     rs = next(m for m in manifests if m.kind == "RayService")
+    gate_svc = find(manifests, "Service", "keti-allocator-scheduler").doc
     url = urlparse(ext["urlPrefix"])
-    assert url.hostname == f"{rs.name}-serve-svc.{rs.namespace}.svc.cluster.local"
-    assert url.port == C.DEFAULT_API_PORT
-    assert urlparse(f"{ext['urlPrefix']}/{ext['filterVerb']}").path == "/scheduler/filter"
-    assert urlparse(f"{ext['urlPrefix']}/{ext['prioritizeVerb']}").path == "/scheduler/prioritize"
+    # kube-scheduler -> the TLS gate's Service, over HTTPS with a client certificate
+    assert url.scheme == "https" and ext["enableHTTPS"] is True
+    assert url.hostname == f"keti-allocator-scheduler.{rs.namespace}.svc.cluster.local"
+    assert gate_svc["metadata"]["namespace"] == rs.namespace
+    (svc_port,) = gate_svc["spec"]["ports"]
+    assert url.port == svc_port["port"]
+    verbs = [ext["filterVerb"], ext["prioritizeVerb"], ext["bindVerb"]]
+    paths = [urlparse(f"{ext['urlPrefix']}/{v}").path for v in verbs]
+    assert paths == ["/scheduler/filter", "/scheduler/prioritize", "/scheduler/bind"]
+    assert set(paths) == set(EXTENDER_PATHS)  # exactly what the gate lets through
     assert [r["name"] for r in ext["managedResources"]] == [C.GPU_RESOURCE]
-    # The serve Service KubeRay makes targets the head container port named `serve`.
-    head = rs.doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    # The gate's Service selects the head pods, whose tls-gate container serves the port.
+    head_tpl = rs.doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    labels = head_tpl["metadata"]["labels"]
+    assert gate_svc["spec"]["selector"].items() <= labels.items()
+    gate = container(head_tpl["spec"], "tls-gate")
+    gate_ports = {p["name"]: p["containerPort"] for p in gate["ports"]}
+    assert svc_port["targetPort"] in gate_ports
+    args = dict(a.split("=", 1) for a in gate["command"] if a.startswith("--"))
+    assert args["--listen"] == f"0.0.0.0:{gate_ports[svc_port['targetPort']]}"
+    # it forwards to Serve on loopback, where the head's Ray container serves API_PORT
+    head = head_tpl["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in head["ports"]}
     assert ports["serve"] == C.DEFAULT_API_PORT
+    assert args["--upstream"] == f"http://127.0.0.1:{C.DEFAULT_API_PORT}"
+    # the gate's files come from Secrets mounted where its arguments say
+    for flag, vol in (("--cert", "gate-tls"), ("--key", "gate-tls"), ("--client-ca", "gate-tls"),
+                      ("--token-file", "gate-token")):  # fmt: skip
+        assert args[flag].startswith(mount_path(gate, vol) + "/"), flag
+    assert (
+        volume(head_tpl["spec"], "gate-token")["secret"]["secretName"]
+        == (env_of(head)[C.ENV_TOKEN]["secretKeyRef"]["name"])
+    )
+    # kube-scheduler's tlsConfig files are mounted from its Secret
+    deploy = find(manifests, "Deployment", "keti-scheduler").doc["spec"]["template"]["spec"]
+    (sched,) = deploy["containers"]
+    tls = ext["tlsConfig"]
+    for key in ("certFile", "keyFile", "caFile"):
+        assert tls[key].startswith(mount_path(sched, "extender-tls") + "/"), key
+    assert tls["serverName"] == url.hostname and not tls.get("insecure")
     # Pods that opt in name the profile's scheduler, and its leader lease is the one RBAC allows.
     (profile,) = config["profiles"]
     assert profile["schedulerName"] == "keti-scheduler"
     role = find(manifests, "Role", "keti-scheduler-leader-election").doc
     assert role["rules"][0]["resourceNames"] == [config["leaderElection"]["resourceName"]]
-    deploy = find(manifests, "Deployment", "keti-scheduler").doc["spec"]["template"]["spec"]
-    (sched,) = deploy["containers"]
     cm_mount = mount_path(sched, "config")
     assert f"--config={cm_mount}/config.yaml" in sched["command"]
+
+
+def test_no_host_ipc_and_host_pid_only_for_the_gpu_node_agent(manifests: list[Manifest]) -> None:
+    for m in manifests:
+        for where, spec in pod_specs(m):
+            assert not spec.get("hostIPC"), f"{where} sets hostIPC"
+            assert not spec.get("hostNetwork"), f"{where} sets hostNetwork"
+            if spec.get("hostPID"):
+                assert m.name == "keti-gpu-plugin", f"{where} sets hostPID"
+                assert "agent" in {c["name"] for c in containers(spec)}
 
 
 # --- references between objects --------------------------------------------------------------
@@ -299,11 +360,30 @@ def test_every_rbac_rule_says_what_it_is_for() -> None:
         assert lines[i - 1].strip().startswith("#"), f"10-rbac.yaml:{i + 1}: rule without comment"
 
 
-def test_rbac_grants_only_reads_to_the_allocator(manifests: list[Manifest]) -> None:
-    role = find(manifests, "ClusterRole", "keti-allocator").doc
+def _rules(manifests: list[Manifest], name: str) -> set[tuple[str, str]]:
+    role = find(manifests, "ClusterRole", name).doc
+    out = set()
     for rule in role["rules"]:
-        assert set(rule["verbs"]) <= {"get", "list", "watch"}
-        assert "*" not in rule["resources"]
+        assert rule["apiGroups"] == [""] and "*" not in rule["verbs"]
+        assert "*" not in rule["resources"] and not rule.get("resourceNames")
+        out |= {(r, v) for r in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
+def test_rbac_rules_are_exact(manifests: list[Manifest]) -> None:
+    """The verbs issue 13 lists for the code; tests/k8s/test_e2e_k8s.py runs the code under
+    these rules (the emulator enforces them) and checks each is used."""
+    assert _rules(manifests, "keti-allocator") == {
+        ("nodes", "get"),
+        ("nodes", "list"),
+        ("nodes", "watch"),
+        ("pods", "get"),
+        ("pods", "list"),
+        ("pods", "watch"),
+        ("pods", "patch"),
+        ("pods/binding", "create"),
+    }
+    assert _rules(manifests, "keti-node-agent") == {("pods", "list"), ("nodes", "patch")}
 
 
 def test_keti_images_are_one_image(manifests: list[Manifest]) -> None:
@@ -316,3 +396,35 @@ def test_namespaced_objects_name_their_namespace(manifests: list[Manifest]) -> N
     for m in manifests:
         if m.kind not in cluster_scoped:
             assert m.namespace, f"{m.where()} has no namespace"
+
+
+def test_the_gpu_agent_command_parses_with_the_cli(manifests: list[Manifest]) -> None:
+    """The DaemonSet's `keti-ray agent ...` flags are the CLI's own (unknown ones would crash
+    the container at start)."""
+    import typer.main
+
+    from keti_ray.cli import _register, app
+
+    _register()
+    spec = daemonset(manifests, "keti-gpu-plugin")["spec"]["template"]["spec"]
+    argv = container(spec, "agent")["command"]
+    assert argv[0] == "keti-ray"
+    group = typer.main.get_command(app)
+    cmd = group.get_command(None, argv[1])
+    ctx = cmd.make_context(argv[1], list(argv[2:]), resilient_parsing=False)
+    assert ctx.params["standalone"] is True
+    assert ctx.params["allocator_url"].endswith(f":{C.DEFAULT_API_PORT}")
+    with pytest.raises(Exception, match="No such option"):
+        cmd.make_context(argv[1], [*argv[2:], "--no-such-flag"])
+
+
+def test_the_tls_gate_command_parses(manifests: list[Manifest]) -> None:
+    from keti_ray.k8s.tlsgate import build_parser
+
+    rs = find(manifests, "RayService", "keti-allocator").doc
+    gate = container(
+        rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"], "tls-gate"
+    )
+    assert gate["command"][:3] == ["python", "-m", "keti_ray.k8s.tlsgate"]
+    args = build_parser().parse_args(gate["command"][3:])
+    assert args.client_ca and args.token_file and args.cert and args.key

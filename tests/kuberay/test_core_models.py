@@ -67,11 +67,11 @@ def test_planted_unknown_field_is_caught(core_objects: list[Manifest], plant, ex
 
 def test_wrong_type_is_caught(core_objects: list[Manifest]) -> None:
     doc = _daemonset(core_objects, "keti-gpu-plugin")
-    container = doc["spec"]["template"]["spec"]["containers"][1]
-    container["ports"][0]["containerPort"] = "52365"  # must be an integer
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    container["livenessProbe"]["periodSeconds"] = "30"  # must be an integer
     container["resources"]["limits"]["memory"] = 2  # quantities are strings in the model
     errors = core_errors(doc)
-    assert any("containerPort" in e and "expected int" in e for e in errors), errors
+    assert any("periodSeconds" in e and "expected int" in e for e in errors), errors
     assert any("limits.memory" in e and "expected str" in e for e in errors), errors
 
 

@@ -21,8 +21,10 @@ from ray.serve.schema import ServeDeploySchema
 
 from keti_ray.manifests import (
     REPO_ROOT,
+    SERVING_POINTER,
     Manifest,
     ManifestError,
+    cluster_applications,
     load_serve_config,
     serve_config_v2,
     sync_serve_config,
@@ -81,8 +83,20 @@ def test_unknown_serve_keys_are_caught(rayservice: Manifest) -> None:
 def test_serve_config_v2_matches_serve_config_yaml(rayservice: Manifest) -> None:
     """Needs serve/serve_config.yaml; `python -m keti_ray.manifests sync-serve-config` syncs."""
     ours = serve_config_v2(rayservice.doc)["applications"]
-    theirs = load_serve_config()["applications"]
+    theirs = cluster_applications(load_serve_config()["applications"])
     assert ours == theirs, "run: python -m keti_ray.manifests sync-serve-config"
+
+
+def test_the_rayservice_models_the_clusters_nodes_and_follows_the_pointer(
+    rayservice: Manifest,
+) -> None:
+    """No simulated nodes (issue 13): the node list is the API server's; the policy is the
+    serving pointer on the volume the retrain RayJob writes."""
+    (app,) = serve_config_v2(rayservice.doc)["applications"]
+    env = app["runtime_env"]["env_vars"]
+    assert not [k for k in env if "SIM" in k or k == "KETI_NODES_CSV"]
+    assert env["KETI_K8S_API"] == "in-cluster"
+    assert {d["user_config"]["pointer"] for d in app["deployments"]} == {SERVING_POINTER}
 
 
 def _module_file(module: str) -> Path | None:
@@ -137,7 +151,13 @@ def test_sync_serve_config_rewrites_only_the_block(tmp_path: Path, rayservice: M
 
     assert sync_serve_config(rs_copy, serve_cfg) is True
     doc = yaml.safe_load(rs_copy.read_text())
-    assert serve_config_v2(doc)["applications"] == apps
+    (app,) = serve_config_v2(doc)["applications"]
+    assert app["runtime_env"]["env_vars"]["KETI_K8S_API"] == "in-cluster"
+    assert app["deployments"][0]["user_config"] == {"pointer": SERVING_POINTER}
+    assert {k: v for k, v in app.items() if k != "runtime_env"} == {
+        **apps[0],
+        "deployments": [{**apps[0]["deployments"][0], "user_config": {"pointer": SERVING_POINTER}}],
+    }
     before = rayservice.doc.copy()
     before["spec"] = {k: v for k, v in before["spec"].items() if k != "serveConfigV2"}
     after_spec = {k: v for k, v in doc["spec"].items() if k != "serveConfigV2"}
