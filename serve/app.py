@@ -28,6 +28,7 @@ from serve.extender import (
 )
 from serve.schemas import AllocateIn, ReleaseIn
 from serve.state import ClusterSource, get_or_create_state
+from serve.ui import router as ui_router
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -64,6 +65,7 @@ class BodyLimit(BaseHTTPMiddleware):
 
 api = FastAPI(title="keti-ray allocator", version="0.1.0")
 api.add_middleware(BodyLimit)
+api.include_router(ui_router)  # /ui: the operator's view (serve/ui/)
 
 
 def require_token(request: Request) -> None:

@@ -1,0 +1,81 @@
+"""Headless Chromium for the `/ui` acceptance test and bench: Debian's `chromium`, driven by
+Playwright's Python package through its `executable_path` (Playwright's own browser builds are
+never downloaded). Installs the Debian package when it is missing and we may (root, apt-get).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+INSTALL_TIMEOUT_S = 900
+
+
+class BrowserUnavailable(RuntimeError):
+    """Why no headless Chromium can run here (the test skips with this message)."""
+
+
+def _apt_install(package: str) -> str | None:
+    """apt-get install the package; None on success, else what went wrong."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "not root or no apt-get"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    run = {"env": env, "capture_output": True, "timeout": INSTALL_TIMEOUT_S}
+    try:
+        if subprocess.run(install, **run).returncode:
+            subprocess.run(["apt-get", "update", "-q"], **run)
+            done = subprocess.run(install, **run)
+            if done.returncode:
+                lines = done.stderr.decode(errors="replace").strip().splitlines()
+                return lines[-1] if lines else f"apt-get exited {done.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None
+
+
+def chromium_path() -> str:
+    """The system Chromium, installed from Debian when missing; BrowserUnavailable otherwise."""
+    for name in CHROMIUM_NAMES:
+        if found := shutil.which(name):
+            return found
+    problem = _apt_install("chromium")
+    for name in CHROMIUM_NAMES:
+        if found := shutil.which(name):
+            return found
+    raise BrowserUnavailable(f"no chromium on PATH; `apt-get install chromium` failed: {problem}")
+
+
+@contextmanager
+def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator[object]:
+    """A Playwright browser context on the system Chromium (a fresh profile, no cookies)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise BrowserUnavailable(f"playwright is not installed: {exc}") from exc
+    executable = chromium_path()
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(
+                executable_path=executable, headless=True, args=["--disable-gpu"]
+            )
+        except Exception as exc:  # a chromium that cannot start here (no sandbox, libs)
+            raise BrowserUnavailable(f"{executable} did not start: {exc}") from exc
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height})
+            yield context
+            context.close()
+        finally:
+            browser.close()
+
+
+def sign_in(page, base_url: str, token: str, timeout_ms: float = 30_000) -> None:
+    """Open /ui, type the token into the sign-in page and wait for the map's first refresh."""
+    page.goto(f"{base_url}/ui")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("body[data-generation]", timeout=timeout_ms)
