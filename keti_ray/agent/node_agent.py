@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keti_ray.agent.metrics import AgentMetrics
 from keti_ray.agent.mps import MpsDaemon
 from keti_ray.agent.telemetry import ListSink, TelemetrySampler, TelemetrySink, read_status_dir
 from keti_ray.constants import (
@@ -109,11 +110,12 @@ class NodeAgent:
             self.mps = MpsDaemon(cfg.mps_pipe_dir, cfg.mps_log_dir, binary=cfg.mps_binary)
             self._mps_check()
             threading.Thread(target=self._mps_loop, name="mps-health", daemon=True).start()
+        self.metrics = AgentMetrics.for_agent(self)  # Prometheus gauges, fed by the sampler
         self.sampler = TelemetrySampler(
             self.node_id,
             self.backend,
             self.gpus,
-            self.sink,
+            self.metrics,  # passes every batch on to self.sink
             status_dir=Path(cfg.status_host_dir),
             units_by_gpu=self.units_by_gpu,
             partition=self.partition_table,
@@ -262,6 +264,7 @@ class NodeAgent:
         """Stop plugins and telemetry (and the MPS daemon when asked: pods may still use it)."""
         self._halt.set()
         self.sampler.stop()
+        self.metrics.stop()
         flush = getattr(self.sink, "flush", None)
         if callable(flush):
             flush()
