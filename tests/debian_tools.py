@@ -1,6 +1,7 @@
-"""Headless Chromium for the `/ui` acceptance test and bench: Debian's `chromium`, driven by
-Playwright's Python package through its `executable_path` (Playwright's own browser builds are
-never downloaded). Installs the Debian package when it is missing and we may (root, apt-get).
+"""Debian tools for tests: headless Chromium for the `/ui` acceptance test and bench (Debian's
+`chromium`, driven by Playwright's Python package through its `executable_path`: Playwright's
+own browser builds are never downloaded), and `promtool` (Debian's `prometheus`). A missing
+package is installed when we may (root, apt-get).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser")
 INSTALL_TIMEOUT_S = 900
 
 
-class BrowserUnavailable(RuntimeError):
-    """Why no headless Chromium can run here (the test skips with this message)."""
+class ToolUnavailable(RuntimeError):
+    """Why a Debian tool (Chromium, promtool) cannot run here (tests skip with this message)."""
 
 
-def _apt_install(package: str) -> str | None:
-    """apt-get install the package; None on success, else what went wrong."""
+def apt_install(package: str) -> str | None:
+    """apt-get install a Debian package; None on success, else what went wrong."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return "not root or no apt-get"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -38,16 +39,21 @@ def _apt_install(package: str) -> str | None:
     return None
 
 
+def debian_tool(names: tuple[str, ...], package: str) -> str:
+    """The path of a program, installing its Debian package when it is missing (root only);
+    ToolUnavailable saying why when that is not possible."""
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    problem = apt_install(package)
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    raise ToolUnavailable(f"no {names[0]} on PATH; `apt-get install {package}` failed: {problem}")
+
+
 def chromium_path() -> str:
-    """The system Chromium, installed from Debian when missing; BrowserUnavailable otherwise."""
-    for name in CHROMIUM_NAMES:
-        if found := shutil.which(name):
-            return found
-    problem = _apt_install("chromium")
-    for name in CHROMIUM_NAMES:
-        if found := shutil.which(name):
-            return found
-    raise BrowserUnavailable(f"no chromium on PATH; `apt-get install chromium` failed: {problem}")
+    return debian_tool(CHROMIUM_NAMES, "chromium")
 
 
 @contextmanager
@@ -56,7 +62,7 @@ def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator[object]
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        raise BrowserUnavailable(f"playwright is not installed: {exc}") from exc
+        raise ToolUnavailable(f"playwright is not installed: {exc}") from exc
     executable = chromium_path()
     with sync_playwright() as pw:
         try:
@@ -64,7 +70,7 @@ def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator[object]
                 executable_path=executable, headless=True, args=["--disable-gpu"]
             )
         except Exception as exc:  # a chromium that cannot start here (no sandbox, libs)
-            raise BrowserUnavailable(f"{executable} did not start: {exc}") from exc
+            raise ToolUnavailable(f"{executable} did not start: {exc}") from exc
         try:
             context = browser.new_context(viewport={"width": width, "height": height})
             yield context
