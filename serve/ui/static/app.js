@@ -5,6 +5,7 @@
 (() => {
   const ROOT = document.body.dataset.root || "";
   const REFRESH_MS = 2000;
+  const MANY_NODES = 200; // above this, thinner bars and narrower tiles (body.many)
   const $ = (id) => document.getElementById(id);
   const grid = $("grid"), tip = $("tip"), details = $("details");
   const tiles = new Map(); // node name -> {el, sig, text, booked}
@@ -27,11 +28,20 @@
   }
   const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ESC[c]);
+  let prefix = "";  // shared by every node name (up to a separator): left out of tile labels
+  function commonPrefix(names) {
+    if (names.length < 2) return "";
+    let p = names[0];
+    for (const n of names) { while (!n.startsWith(p)) p = p.slice(0, -1); if (!p) return ""; }
+    const cut = Math.max(p.lastIndexOf("-"), p.lastIndexOf("_"), p.lastIndexOf("."));
+    return cut >= 0 ? p.slice(0, cut + 1) : "";
+  }
+  const label = (name) => (prefix && name.length > prefix.length ? name.slice(prefix.length) : name);
   const isBooked = (n) => n.gpus.some((g) => g.partitions.length > 0);
   const sms = (p) => (p.sms != null ? (p.device_sms ? `${p.sms}/${p.device_sms}` : `${p.sms}`) : "—");
 
   function tileInner(name, n) {
-    let out = `<div class="th"><b title="${esc(name)}">${esc(name)}</b>` +
+    let out = `<div class="th"><b title="${esc(name)}">${esc(label(name))}</b>` +
       `<span>${esc(n.model || "?")} ×${n.gpus.length}</span></div>`;
     for (const g of n.gpus) {
       let segs = "";
@@ -48,10 +58,22 @@
     return [name, n.model || "", ...pods].join(" ").toLowerCase();
   }
 
+  // "model" groups nodes of one GPU count and model, so a row of tiles has one height;
+  // "name" keeps the allocator's node order.
+  function ordered(next) {
+    const names = Object.keys(next);
+    if ($("sort").value !== "model") return names;
+    const at = new Map(names.map((n, i) => [n, i]));
+    return names.sort((a, b) => next[b].gpus.length - next[a].gpus.length ||
+      String(next[a].model).localeCompare(String(next[b].model)) || at.get(a) - at.get(b));
+  }
+
   function render(next) {
     const t0 = performance.now();
     let changed = 0;
-    const names = Object.keys(next);
+    const names = ordered(next);
+    const newPrefix = commonPrefix(names);
+    if (newPrefix !== prefix) { prefix = newPrefix; grid.innerHTML = ""; tiles.clear(); }
     if (tiles.size === 0) {
       let html = "";
       for (const name of names) {
@@ -79,7 +101,7 @@
           const el = document.createElement("div");
           el.className = "tile";
           el.dataset.node = name;
-          if (prev) prev.after(el); else grid.prepend(el);
+                    if (prev) prev.after(el); else grid.prepend(el);
           t = { el, sig: null };
           tiles.set(name, t);
         }
@@ -98,6 +120,7 @@
       }
     }
     nodes = next;
+    document.body.classList.toggle("many", names.length > MANY_NODES);
     applyFilter();
     if (selected && !details.hidden) showDetails(); else markSelectionOnly();
     perf.changedTiles = changed;
@@ -113,7 +136,7 @@
       if (t.el.classList.contains("hidden") !== hide) t.el.classList.toggle("hidden", hide);
       if (!hide) shown++;
     }
-    $("shown").textContent = `${shown} of ${tiles.size} nodes`;
+    $("shown").textContent = `${shown} of ${tiles.size} nodes` + (prefix ? ` (${prefix}…)` : "");
   }
 
   // ---- headline ------------------------------------------------------------------------
@@ -214,6 +237,7 @@
 
   $("filter").addEventListener("input", applyFilter);
   $("booked").addEventListener("change", applyFilter);
+  $("sort").addEventListener("change", () => { grid.innerHTML = ""; tiles.clear(); render(nodes); });
   $("signout").addEventListener("click", async () => {
     await fetch(`${ROOT}/ui/session`, { method: "DELETE", credentials: "same-origin" });
     location.reload();
