@@ -26,7 +26,7 @@ from keti_ray.paths import default_nodes_csv, pod_list_csv  # noqa: E402
 from keti_ray.trace import load_pods  # noqa: E402
 from serve.app import AllocatorIngress  # noqa: E402
 from serve.state import ClusterSource  # noqa: E402
-from tests.debian_tools import headless_chromium, sign_in  # noqa: E402
+from tests.debian_tools import headless_chromium, sign_in, wait_until  # noqa: E402
 from tests.factories import local_serve  # noqa: E402
 
 TOKEN = "bench-ui-token"
@@ -64,8 +64,8 @@ def book(client: httpx.Client, pods, count: int) -> int:
     return placed
 
 
-def wait_generation(page, after: int, timeout_ms: float = 20_000) -> dict:
-    page.wait_for_function(f"window.ketiUi.generation > {after}", timeout=timeout_ms)
+def wait_generation(page, after: int) -> dict:
+    wait_until(page, f"window.ketiUi.generation > {after}", timeout_s=20)
     return page.evaluate("({...window.ketiUi})")
 
 
@@ -96,13 +96,13 @@ def main() -> None:
                 for _ in range(args.loads):
                     page = context.new_page()
                     page.goto(f"{base}/ui")
-                    page.wait_for_function("window.ketiUi.firstPaintMs !== null", timeout=30_000)
+                    wait_until(page, "window.ketiUi.firstPaintMs !== null", timeout_s=30)
                     loads.append(page.evaluate("({...window.ketiUi})"))
                     baselines.append(page.evaluate(FETCH_ONLY)["ms"])
                     page.close()
                 page = context.new_page()
                 page.goto(f"{base}/ui")
-                page.wait_for_function("window.ketiUi.firstPaintMs !== null", timeout=30_000)
+                wait_until(page, "window.ketiUi.firstPaintMs !== null", timeout_s=30)
                 gen = page.evaluate("window.ketiUi.generation")
                 quiet = wait_generation(page, gen)  # a refresh that changes nothing
                 more = [p for p in pods if p.num_gpu > 0][args.book : args.book + 40]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -85,3 +86,17 @@ def sign_in(page, base_url: str, token: str, timeout_ms: float = 30_000) -> None
     page.fill("#token", token)
     page.click("button[type=submit]")
     page.wait_for_selector("body[data-generation]", timeout=timeout_ms)
+
+
+def wait_until(page, expression: str, timeout_s: float = 15.0):
+    """Poll a JS expression until it is truthy and return its value. (Playwright's
+    wait_for_function evaluates strings with eval, which the page's CSP forbids; evaluate()
+    goes through the DevTools protocol and is not subject to it.)"""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression!r} still falsy after {timeout_s} s")
+        time.sleep(0.1)

@@ -18,6 +18,22 @@ from serve.ui.summary import LatencyWindow, summarize
 STATIC = files("serve.ui") / "static"
 STATIC_TYPES = {"app.js": "text/javascript", "app.css": "text/css"}
 NO_STORE = {"Cache-Control": "no-store"}
+# Same-origin only, no framing, no referrer. The map uses inline style attributes (segment
+# widths and colours); the sign-in page is self-contained (inline script and style).
+PAGE_HEADERS = {
+    "index.html": {
+        **NO_STORE,
+        "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+        "Referrer-Policy": "no-referrer",
+    },
+    "signin.html": {
+        **NO_STORE,
+        "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+        "Referrer-Policy": "no-referrer",
+    },
+}
 
 router = APIRouter(prefix="/ui", tags=["operator view"])
 _window = LatencyWindow()
@@ -46,8 +62,10 @@ def _page(name: str, request: Request) -> str:
 async def page(request: Request) -> HTMLResponse:
     """The map when signed in (or no token is set); else the sign-in page, with 401."""
     if authorized(request):
-        return HTMLResponse(_page("index.html", request), headers=NO_STORE)
-    return HTMLResponse(_page("signin.html", request), status_code=401, headers=NO_STORE)
+        return HTMLResponse(_page("index.html", request), headers=PAGE_HEADERS["index.html"])
+    return HTMLResponse(
+        _page("signin.html", request), status_code=401, headers=PAGE_HEADERS["signin.html"]
+    )
 
 
 @router.get("/static/{name}", dependencies=[Depends(require_ui)], include_in_schema=False)

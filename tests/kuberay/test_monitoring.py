@@ -83,6 +83,18 @@ def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in panels for t in p.get("targets", [])]
 
 
+def test_monitoring_holds_only_its_files():
+    names = {p.name for p in MONITORING.rglob("*") if p.is_file()}
+    assert names == {
+        "README.md",
+        RULES.name,
+        RULE_TESTS.name,
+        DASHBOARD.name,
+        "prometheus.yml",
+        "podmonitors.yml",
+    }
+
+
 def test_every_metric_used_is_exported(code_exports):
     recorded = {r["record"] for r in rules() if "record" in r}
     used = {n for r in rules() for n in selectors(r["expr"])}

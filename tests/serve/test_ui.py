@@ -15,7 +15,7 @@ from ray import serve
 from serve.app import AllocatorIngress
 from serve.state import ClusterSource
 from serve.ui.auth import SESSION_COOKIE, SESSION_TTL_S, session_value
-from tests.debian_tools import ToolUnavailable, headless_chromium, sign_in
+from tests.debian_tools import ToolUnavailable, headless_chromium, sign_in, wait_until
 
 from ..factories import local_serve
 
@@ -71,7 +71,9 @@ def test_ui_is_behind_the_token(served):
     cookie = ok.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
     assert TOKEN not in ok.headers["set-cookie"]
-    assert anon.get("/ui").status_code == 200 and "app.js" in anon.get("/ui").text
+    page = anon.get("/ui")
+    assert page.status_code == 200 and "app.js" in page.text
+    assert "script-src 'self';" in page.headers["content-security-policy"]  # no inline script
     assert anon.get("/ui/state").status_code == 200
     assert anon.get("/ui/static/app.js").headers["content-type"].startswith("text/javascript")
     assert anon.get("/partition").status_code == 401  # the cookie opens /ui only
@@ -137,7 +139,7 @@ def test_browser_shows_the_partition_map(served):
         page.on("request", lambda r: requests.append(r.url))
         page.on("pageerror", lambda e: errors.append(str(e)))
         sign_in(page, base, TOKEN)
-        page.wait_for_function("window.ketiUi.generation >= 2", timeout=15_000)  # a refresh
+        wait_until(page, "window.ketiUi.generation >= 2")  # a refresh
         expected = as_lists(partition_view(client.get("/partition").json()["nodes"]))
         assert dom_view(page) == expected
         summary = client.get("/ui/state").json()["summary"]
