@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MILLI_PER_GPU = 1000
+from keti_ray.shares import MILLI_PER_GPU
+
 MAX_GPUS_PER_NODE = 8
 MAX_GPUS_PER_POD = 8
 

@@ -46,3 +46,22 @@ SHIM_HOST_DIR = "/var/lib/keti-ray/vai"  # where the plugin DaemonSet installs t
 # node; Allocate mounts SHIM_HOST_DIR/SHIM_LIBRARY_NAME read-only at SHIM_CONTAINER_PATH.
 GPU_PLUGIN_SOCKET = "keti-gpu.sock"  # the GPU plugin's socket in DEVICE_PLUGIN_DIR
 NPU_PLUGIN_SOCKET = "keti-npu.sock"  # the NPU plugin's socket in DEVICE_PLUGIN_DIR
+
+# The shim's limits (CONTRACTS: the plugin writes them, the shim applies the stricter of them
+# and the pod's env).
+ENV_VAI_DEVICE_SM_COUNT = "VAI_DEVICE_SM_COUNT"  # the GPU's full SM count, from NVML
+ENV_VAI_SM_ATTRIBUTE = "VAI_SM_ATTRIBUTE"  # granted|device: override of the SM-count answer
+ENV_VAI_LIMITS_FILE = "VAI_LIMITS_FILE"  # another limits file, honoured only when the mount
+# at LIMITS_CONTAINER_PATH is absent (tests)
+ENV_VAI_MECHANISM = "VAI_MECHANISM"  # mps|green|auto
+LIMITS_CONTAINER_PATH = "/etc/vai/limits"  # read-only mount of the allocation's limits file
+LD_SO_PRELOAD_CONTAINER_PATH = "/etc/ld.so.preload"  # read-only mount naming the shim
+LIMITS_HOST_DIR = "/var/lib/keti-ray/limits"  # <allocation-id>/limits on the node
+
+# The allocator's decision on a pod (written at bind, honoured by the GPU plugin), and what a
+# node publishes about its GPUs.
+ANN_ALLOCATION = "keti.re.kr/allocation"  # JSON, keti_ray/annotations.py
+LABEL_GPU_MODEL = "keti.re.kr/gpu-model"  # node label
+ANN_GPU_UUIDS = "keti.re.kr/gpu-uuids"  # node annotation: UUIDs in index order, comma-separated
+ANN_GPU_SM_COUNT = "keti.re.kr/gpu-sm-count"  # node annotation: SMs per GPU
+ANN_GPU_MEMORY_MIB = "keti.re.kr/gpu-memory-mib"  # node annotation: memory per GPU (MiB)

@@ -19,15 +19,15 @@ from keti_ray.constants import (
     MPS_PIPE_DIR,
     SHIM_CONTAINER_PATH,
 )
+from keti_ray.shares import limit_pct
 
 CONTAINER_STATUS_DIR = "/var/run/vai"
 
 
 def sm_pct_for_milli(gpu_milli: int) -> int:
-    """SM percent for a share of one GPU: 470 milli -> 47 (rounded up, at least 1)."""
-    if not 0 < gpu_milli <= 1000:
-        raise ValueError(f"gpu_milli must be 1-1000, got {gpu_milli}")
-    return max(1, -(-gpu_milli // 10))
+    """SM percent for a share of one GPU (`keti_ray.shares`' rounding rule; 100 = whole GPU):
+    470 milli -> 47, 995 -> 99 (capped: only 1000 is uncapped), 5 -> 1."""
+    return limit_pct(gpu_milli) or GPU_UNITS_PER_DEVICE
 
 
 def gpu_pod_env(

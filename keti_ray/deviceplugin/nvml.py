@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keti_ray.podenv import simulated_gpu_uuid
+from keti_ray.shares import device_sm_count
 
 # XIDs that are the application's fault, not the GPU's (the same list NVIDIA's plugin skips):
 # 13 graphics engine exception, 31 memory page fault, 43 GPU stopped processing,
@@ -195,24 +196,6 @@ def _text(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-# Multiprocessors per GPU from the vendor's data sheets, for drivers whose NVML answers
-# NOT_SUPPORTED for the attribute on a whole (non-MIG) GPU, as the lent H200 did. Most
-# specific name first.
-SM_COUNT_BY_NAME = (
-    ("H100 PCIe", 114),
-    ("H100", 132),
-    ("H200", 132),
-    ("GH200", 132),
-    ("A100", 108),
-    ("A30", 56),
-    ("A10", 72),
-    ("L40S", 142),
-    ("L4", 58),
-    ("T4", 40),
-    ("V100", 80),
-)
-
-
 def _sm_count(nv: object, h: object) -> int:
     """Multiprocessor count: NVML's device attributes where supported, else the data sheet."""
     try:
@@ -223,7 +206,7 @@ def _sm_count(nv: object, h: object) -> int:
         name = _text(nv.nvmlDeviceGetName(h))
     except nv.NVMLError:
         return 0
-    return next((count for key, count in SM_COUNT_BY_NAME if key in name), 0)
+    return device_sm_count(name) or 0
 
 
 def _numa_node(nv: object, h: object) -> int | None:

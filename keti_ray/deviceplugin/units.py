@@ -1,8 +1,6 @@
-"""GPU share units, milli, and the device-ID format of the GPU plugin.
+"""The device-ID format of the GPU plugin (one ID per `keti.re.kr/gpu-pct` unit).
 
-Two scales meet here and are kept apart on purpose: kubelet counts `keti.re.kr/gpu-pct`
-units (100 per GPU, one device ID per unit); the cluster model and allocators count milli
-(1000 per GPU).  Every crossing goes through `units_to_milli` / `milli_to_units`.
+The unit/milli conversions are `keti_ray.shares`' (re-exported here for the plugin's callers).
 """
 
 from __future__ import annotations
@@ -10,22 +8,20 @@ from __future__ import annotations
 import re
 
 from keti_ray.constants import GPU_UNITS_PER_DEVICE
+from keti_ray.shares import MILLI_PER_GPU, MILLI_PER_UNIT, milli_to_units, units_to_milli
 
-MILLI_PER_GPU = 1000
-MILLI_PER_UNIT = MILLI_PER_GPU // GPU_UNITS_PER_DEVICE  # 10
+__all__ = [
+    "MILLI_PER_GPU",
+    "MILLI_PER_UNIT",
+    "device_id",
+    "milli_to_units",
+    "parse_device_id",
+    "units_to_milli",
+]
+
 MAX_DEVICE_ID_LEN = 63  # kubelet's limit on Device.ID
 
 _ID_RE = re.compile(r"^(?P<uuid>.+)-p(?P<unit>\d{2})$")
-
-
-def units_to_milli(units: int) -> int:
-    """SM-percent units (100 per GPU) -> milli (1000 per GPU)."""
-    return int(units) * MILLI_PER_UNIT
-
-
-def milli_to_units(milli: int) -> int:
-    """Milli (1000 per GPU) -> whole SM-percent units, rounding down (a unit is never split)."""
-    return int(milli) // MILLI_PER_UNIT
 
 
 def device_id(gpu_uuid: str, unit: int) -> str:
