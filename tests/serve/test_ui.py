@@ -40,9 +40,10 @@ def served():
             pods = [pod(f"job-{i:02d}", m) for i, m in enumerate(SHARES)] + [pod("train", 1000, 2)]
             r = client.post("/allocate", json={"pods": pods})
             assert r.status_code == 200 and r.json()["placed"] == len(pods), r.text
-            r = client.post("/allocate", json={"pod": {**pod("hog", 0, 0), "cpu_milli": 10**9}})
-            assert r.status_code == 409
-            yield client, base
+            keys = {p["name"]: x["pod"] for p, x in zip(pods, r.json()["results"], strict=True)}
+            r = client.post("/allocate", json={"pod": {**pod("hog", 0, 0), "cpu_milli": 10**8}})
+            assert r.status_code == 409  # no node has 100 cores
+            yield client, base, keys
 
 
 def partition_view(nodes: dict) -> dict:
@@ -57,7 +58,7 @@ def partition_view(nodes: dict) -> dict:
 
 
 def test_ui_is_behind_the_token(served):
-    client, base = served
+    client, base, _ = served
     anon = httpx.Client(base_url=base, timeout=30)
     r = anon.get("/ui")
     assert r.status_code == 401 and 'id="token"' in r.text and "app.js" not in r.text
@@ -89,7 +90,7 @@ def test_ui_is_behind_the_token(served):
 
 
 def test_state_is_partition_plus_a_summary_from_the_service(served):
-    client, _ = served
+    client, _, _ = served
     state = client.get("/ui/state").json()
     nodes = client.get("/partition").json()["nodes"]
     assert state["nodes"] == nodes
@@ -126,7 +127,7 @@ def as_lists(view: dict) -> dict:
 
 
 def test_browser_shows_the_partition_map(served):
-    client, base = served
+    client, base, keys = served
     try:
         browser = headless_chromium()
         context = browser.__enter__()
@@ -149,13 +150,14 @@ def test_browser_shows_the_partition_map(served):
         # a new booking shows up by itself within a refresh or two
         r = client.post("/allocate", json={"pod": pod("late-arrival", 400)})
         assert r.status_code == 200
-        page.wait_for_selector('.seg[data-pod="late-arrival"]', timeout=10_000)
+        late = r.json()["pod"]  # the pod's key, as /partition names it
+        page.wait_for_selector(f'.seg[data-pod="{late}"]', timeout=10_000)
         assert dom_view(page) == as_lists(partition_view(client.get("/partition").json()["nodes"]))
 
         page.fill("#filter", "late-arrival")
         assert page.evaluate("document.querySelectorAll('#grid .tile:not(.hidden)').length") == 1
         page.fill("#filter", "")
-        seg = page.locator('.seg[data-pod="job-01"]')
+        seg = page.locator(f'.seg[data-pod="{keys["job-01"]}"]')
         seg.hover()
         tip = page.text_content("#tip")
         assert "job-01" in tip and "470" in tip and "47%" in tip
@@ -167,4 +169,4 @@ def test_browser_shows_the_partition_map(served):
         assert all(u.startswith(base) or u.startswith("data:") for u in requests), requests
     finally:
         browser.__exit__(None, None, None)
-        client.post("/release", json={"pod": "late-arrival"})
+        client.post("/release", json={"pod": "late-arrival"})  # by name (default namespace)
