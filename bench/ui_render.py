@@ -1,6 +1,7 @@
-"""How fast `/ui` renders the 1,213-node openb cluster in headless Chromium (target: first
-full view painted < 2 s after the map page starts loading), against a baseline measured in
-the same browser and run: fetching and parsing `/ui/state` alone, the floor any view pays.
+"""How fast `/ui` renders the 1,213-node openb cluster in headless Chromium (target: every
+tile in the page < 2 s after the map page starts loading; the first screenful paints before
+that), against a baseline measured in the same browser and run: fetching and parsing
+`/ui/state` alone, the floor any view pays.
 Also the cost of a refresh that changes a few nodes, and of one that changes nothing.
 Writes bench/results/ui_render.json and a screenshot bench/results/ui_openb.png.
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -96,13 +98,13 @@ def main() -> None:
                 for _ in range(args.loads):
                     page = context.new_page()
                     page.goto(f"{base}/ui")
-                    wait_until(page, "window.ketiUi.firstPaintMs !== null", timeout_s=30)
+                    wait_until(page, "window.ketiUi.generation >= 1", timeout_s=30)
                     loads.append(page.evaluate("({...window.ketiUi})"))
                     baselines.append(page.evaluate(FETCH_ONLY)["ms"])
                     page.close()
                 page = context.new_page()
                 page.goto(f"{base}/ui")
-                wait_until(page, "window.ketiUi.firstPaintMs !== null", timeout_s=30)
+                wait_until(page, "window.ketiUi.generation >= 1", timeout_s=30)
                 gen = page.evaluate("window.ketiUi.generation")
                 quiet = wait_generation(page, gen)  # a refresh that changes nothing
                 more = [p for p in pods if p.num_gpu > 0][args.book : args.book + 40]
@@ -110,6 +112,7 @@ def main() -> None:
                 changed = wait_generation(page, quiet["generation"])
                 page.screenshot(path=str(RESULTS / "ui_openb.png"))
     first_paint = statistics.median(x["firstPaintMs"] for x in loads)
+    all_tiles = statistics.median(x["allTilesMs"] for x in loads)
     baseline = statistics.median(baselines)
     result = {
         "nodes": len(nodes),
@@ -118,17 +121,21 @@ def main() -> None:
         "partitions": parts,
         "state_bytes": len(state.content),
         "loads": args.loads,
-        "first_paint_ms_median": round(first_paint, 1),
-        "first_paint_ms_each": [round(x["firstPaintMs"], 1) for x in loads],
-        "first_render_ms_median": round(statistics.median(x["firstRenderMs"] for x in loads), 1),
+        "all_tiles_ms_median": round(all_tiles, 1),
+        "all_tiles_ms_each": [round(x["allTilesMs"], 1) for x in loads],
+        "first_screen_painted_ms_median": round(first_paint, 1),
+        "first_build_wall_ms_median": round(
+            statistics.median(x["firstRenderMs"] for x in loads), 1
+        ),
         "fetch_ms_median": round(statistics.median(x["lastFetchMs"] for x in loads), 1),
         "baseline_fetch_parse_ms_median": round(baseline, 1),
-        "ratio_first_paint_to_baseline": round(first_paint / baseline, 2),
+        "ratio_all_tiles_to_baseline": round(all_tiles / baseline, 2),
         "refresh_unchanged_render_ms": round(quiet["lastRenderMs"], 1),
         "refresh_changed_render_ms": round(changed["lastRenderMs"], 1),
         "refresh_changed_tiles": changed["changedTiles"],
-        "target_first_paint_ms": TARGET_MS,
-        "pass": first_paint < TARGET_MS,
+        "target_all_tiles_ms": TARGET_MS,
+        "pass": all_tiles < TARGET_MS,
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "browser": "Debian chromium, headless, 1600x1000",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -12,7 +12,7 @@
   let nodes = {};
   let selected = null; // {node, gpu}
   const perf = (window.ketiUi = {
-    generation: 0, firstPaintMs: null, firstRenderMs: null, lastRenderMs: null,
+    generation: 0, firstPaintMs: null, allTilesMs: null, firstRenderMs: null, lastRenderMs: null,
     lastFetchMs: null, changedTiles: 0, tiles: 0, errors: 0,
   });
 
@@ -68,26 +68,41 @@
       String(next[a].model).localeCompare(String(next[b].model)) || at.get(a) - at.get(b));
   }
 
-  function render(next) {
+  // The first build goes in chunks, one per frame: the first screenful paints at once and
+  // the rest follows while the page already answers.
+  const CHUNK = 200;
+  const nextFrame = () => new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+  const tileHTML = (name, n) =>
+    `<div class="tile${isBooked(n) ? " booked" : ""}" data-node="${esc(name)}">${tileInner(name, n)}</div>`;
+  let queue = Promise.resolve(); // renders run one after another (refresh, re-order)
+  const schedule = (fn) => (queue = queue.then(fn));
+
+  async function build(names, next) {
+    grid.innerHTML = "";
+    for (let i = 0; i < names.length; i += CHUNK) {
+      const part = names.slice(i, i + CHUNK);
+      grid.insertAdjacentHTML("beforeend", part.map((name) => tileHTML(name, next[name])).join(""));
+      let el = grid.children[i];
+      for (const name of part) {
+        const n = next[name];
+        tiles.set(name, { el, sig: JSON.stringify(n), text: searchText(name, n), booked: isBooked(n) });
+        el = el.nextElementSibling;
+      }
+      if (i + CHUNK < names.length || perf.firstPaintMs === null) await nextFrame();
+      if (perf.firstPaintMs === null) perf.firstPaintMs = performance.now();
+    }
+    perf.allTilesMs = performance.now();
+  }
+
+  async function render(next) {
     const t0 = performance.now();
     let changed = 0;
     const names = ordered(next);
     const newPrefix = commonPrefix(names);
     if (newPrefix !== prefix) { prefix = newPrefix; grid.innerHTML = ""; tiles.clear(); }
+    nodes = next;
     if (tiles.size === 0) {
-      let html = "";
-      for (const name of names) {
-        const n = next[name];
-        html += `<div class="tile${isBooked(n) ? " booked" : ""}" data-node="${esc(name)}">` +
-          `${tileInner(name, n)}</div>`;
-      }
-      grid.innerHTML = html;
-      let el = grid.firstElementChild;
-      for (const name of names) {
-        const n = next[name];
-        tiles.set(name, { el, sig: JSON.stringify(n), text: searchText(name, n), booked: isBooked(n) });
-        el = el.nextElementSibling;
-      }
+      await build(names, next);
       changed = names.length;
     } else {
       const seen = new Set();
@@ -119,8 +134,6 @@
         if (!seen.has(name)) { t.el.remove(); tiles.delete(name); changed++; }
       }
     }
-    nodes = next;
-    document.body.classList.toggle("many", names.length > MANY_NODES);
     applyFilter();
     if (selected && !details.hidden) showDetails(); else markSelectionOnly();
     perf.changedTiles = changed;
@@ -142,7 +155,7 @@
   // ---- headline ------------------------------------------------------------------------
   const pct = (v) => (v == null ? "—" : `${v.toFixed(1)}%`);
   const ms = (v) => (v == null ? "—" : v < 1 ? v.toPrecision(2) : v.toFixed(1));
-  function headline(s) {
+  function headline(s, all) {
     $("h-unallocated").textContent = pct(s.unallocated_gpu_pct);
     $("h-gpus").textContent = s.gpus != null ? `of ${s.gpus} GPUs` : "";
     $("h-frag").textContent = pct(s.fragmentation_pct);
@@ -155,13 +168,13 @@
     $("h-latency").textContent = lat.p50_ms == null ? "—" : `${ms(lat.p50_ms)} / ${ms(lat.p99_ms)} ms`;
     $("h-latency-window").textContent = lat.window || "";
     let shared = 0, whole = 0;
-    for (const n of Object.values(nodes)) {
+    for (const n of Object.values(all)) {
       for (const g of n.gpus) {
         if (g.partitions.some((p) => p.milli < 1000)) shared++;
         else if (g.partitions.length) whole++;
       }
     }
-    $("h-nodes").textContent = String(Object.keys(nodes).length);
+    $("h-nodes").textContent = String(Object.keys(all).length);
     $("h-split").textContent = `${shared} GPUs shared · ${whole} whole`;
     const policy = $("policy");
     policy.textContent = `policy ${s.policy ?? "?"}`;
@@ -237,7 +250,8 @@
 
   $("filter").addEventListener("input", applyFilter);
   $("booked").addEventListener("change", applyFilter);
-  $("sort").addEventListener("change", () => { grid.innerHTML = ""; tiles.clear(); render(nodes); });
+  $("sort").addEventListener("change", () =>
+    schedule(() => { grid.innerHTML = ""; tiles.clear(); return render(nodes); }));
   $("signout").addEventListener("click", async () => {
     await fetch(`${ROOT}/ui/session`, { method: "DELETE", credentials: "same-origin" });
     location.reload();
@@ -253,16 +267,14 @@
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       const body = await r.json();
       const fetched = performance.now();
-      const renderMs = render(body.nodes);
-      headline(body.summary);
+      document.body.classList.toggle("many", Object.keys(body.nodes).length > MANY_NODES);
+      headline(body.summary, body.nodes);
+      const renderMs = await schedule(() => render(body.nodes));
       perf.generation++;
       perf.lastFetchMs = fetched - t0;
       perf.lastRenderMs = renderMs;
       perf.tiles = tiles.size;
-      if (perf.generation === 1) {
-        perf.firstRenderMs = renderMs;
-        requestAnimationFrame(() => setTimeout(() => { perf.firstPaintMs = performance.now(); }, 0));
-      }
+      if (perf.generation === 1) perf.firstRenderMs = renderMs;
       document.body.dataset.generation = String(perf.generation);
       status.classList.remove("stale");
       status.textContent = `updated ${new Date().toLocaleTimeString()} · ` +
