@@ -39,17 +39,26 @@ router = APIRouter(prefix="/ui", tags=["operator view"])
 _window = LatencyWindow()
 
 
+_handle: list = []  # the state actor's handle, looked up once per process
+
+
 def allocator_state():
     """The allocator's state actor (the facade): partition(), health(), metrics_text()."""
-    return ray.get_actor(STATE_ACTOR_NAME, namespace=RAY_NAMESPACE)
+    if not _handle:
+        _handle.append(ray.get_actor(STATE_ACTOR_NAME, namespace=RAY_NAMESPACE))
+    return _handle[0]
 
 
 async def ui_state() -> dict:
     """What the page shows, from the facade's public views, fetched concurrently."""
     state = allocator_state()
-    partition, health, metrics = await asyncio.gather(
-        state.partition.remote(), state.health.remote(), state.metrics_text.remote()
-    )
+    try:
+        partition, health, metrics = await asyncio.gather(
+            state.partition.remote(), state.health.remote(), state.metrics_text.remote()
+        )
+    except Exception:
+        _handle.clear()  # look the actor up again next time (it may have been replaced)
+        raise
     return {"summary": summarize(health, metrics, _window), "nodes": partition["nodes"]}
 
 

@@ -35,6 +35,8 @@ def served():
     with local_serve() as port:
         source = ClusterSource(sim_nodes=6)
         serve.run(AllocatorIngress.bind(source, TOKEN), name="ui", route_prefix="/")
+        prefixed = AllocatorIngress.options(name="Prefixed").bind(source, TOKEN)
+        serve.run(prefixed, name="ops", route_prefix="/ops")  # the same state, under /ops
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, headers=AUTH, timeout=60) as client:
             pods = [pod(f"job-{i:02d}", m) for i, m in enumerate(SHARES)] + [pod("train", 1000, 2)]
@@ -87,6 +89,19 @@ def test_ui_is_behind_the_token(served):
     anon.delete("/ui/session")
     assert anon.get("/ui/state").status_code == 401
     anon.close()
+
+
+def test_ui_under_a_route_prefix(served):
+    _, base, _ = served
+    with httpx.Client(base_url=base, timeout=30) as anon:
+        signin = anon.get("/ops/ui")
+        assert signin.status_code == 401 and 'data-root="/ops"' in signin.text
+        ok = anon.post("/ops/ui/session", headers=AUTH)
+        assert ok.status_code == 204 and "path=/ops/ui" in ok.headers["set-cookie"].lower()
+        page = anon.get("/ops/ui")
+        assert page.status_code == 200 and 'src="/ops/ui/static/app.js"' in page.text
+        assert anon.get("/ops/ui/static/app.js").status_code == 200
+        assert anon.get("/ops/ui/state").json()["summary"]["nodes"] == 6
 
 
 def test_state_is_partition_plus_a_summary_from_the_service(served):
