@@ -8,14 +8,16 @@ Four scales meet in keti-ray and every crossing goes through here:
 - SMs: what a process actually runs on, which depends on the GPU and the mechanism.
 
 One rounding rule (`served_milli`): a share of one GPU below a whole one is served and booked
-in whole units, rounded down, at least `MIN_SHARE_PCT` units. So no share below a whole GPU is ever
-uncapped (995 milli is served as 99%, not as 100% = no cap), and because the booked milli of
-the shares on a GPU add up to at most 1000, their percentages add up to at most 100 and their
-SMs (each rounded down) to at most the GPU's SMs.
+in whole units, rounded down, and at least the GPU's smallest share (`min_share_pct`). So no
+share below a whole GPU is ever uncapped (995 milli is served as 99%, not as 100% = no cap).
+Because a GPU's booked milli add up to at most 1000, their percentages add up to at most 100,
+and because no share is smaller than the SM floor of the mechanism (8 SMs, measured), their
+SMs (each rounded down to the driver's step) add up to at most the GPU's SMs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -23,16 +25,18 @@ MILLI_PER_GPU = 1000
 UNITS_PER_GPU = 100  # keti.re.kr/gpu-pct units per physical GPU
 MILLI_PER_UNIT = MILLI_PER_GPU // UNITS_PER_GPU  # 10
 MAX_SHARE_PCT = UNITS_PER_GPU - 1  # the largest capped share: 99%
-# The smallest share: 5%, the smallest that MPS serves with no more SMs than its proportion on
-# every GPU the trace or the data sheet below knows (MPS grants at least 2 SMs; T4: 40 SMs).
-# The openb pod lists ask for at least 50 milli, so the rule changes none of their requests.
+# The smallest share where the GPU's SM count is unknown (the openb pod lists ask for at least
+# 50 milli, so the rule changes none of their requests).
 MIN_SHARE_PCT = 5
 
-# Hopper's granularities, measured on the H200 (../shared/docs/sm-partitioning.md):
-# MPS rounds an active-thread percentage down to an even SM count (25% of 132 -> 32);
-# a green context is built from 8-SM groups (minSmPartitionSize = smCoscheduledAlignment = 8).
+# Hopper's granularities, measured on the H200 (../shared/docs/sm-partitioning.md and
+# native/vai_accelerator/RESULTS.md): MPS rounds an active-thread percentage down to an even SM
+# count (25% of 132 -> 32) and never grants fewer than 8 SMs (1-6% -> 8); a green context is
+# built from 8-SM groups (minSmPartitionSize = smCoscheduledAlignment = 8). The 8-SM floor is
+# assumed for other GPUs too: over-estimating it only makes their smallest share larger.
 MPS_SM_STEP = 2
 GREEN_SM_STEP = 8
+MIN_SMS = 8
 
 
 class Mechanism(StrEnum):
@@ -62,17 +66,32 @@ def milli_to_units(milli: int) -> int:
     return int(milli) // MILLI_PER_UNIT
 
 
-def served_milli(milli: int) -> int:
+def min_share_pct(device_sms: int | None = None) -> int:
+    """The smallest share of a GPU of `device_sms` SMs that gets no more SMs than its
+    proportion (8-SM floor): 7% on 132 SMs, 8% on 108, 20% on a T4's 40; 5% when unknown."""
+    if not device_sms:
+        return MIN_SHARE_PCT
+    return max(MIN_SHARE_PCT, min(MAX_SHARE_PCT, -(-100 * MIN_SMS // device_sms)))
+
+
+def served_milli(milli: int, device_sms: int | None = None) -> int:
     """The milli a request of one GPU's `milli` is served and booked as (the rounding rule).
 
-    1000 stays a whole GPU; below it, whole units rounded down, at least `MIN_SHARE_PCT`:
-    5 -> 50, 470 -> 470, 995 -> 990.
+    1000 stays a whole GPU; below it, whole units rounded down, at least `min_share_pct` of the
+    GPU (of the smallest GPU that may host it): 5 -> 50 (70 on 132 SMs), 470 -> 470, 995 -> 990.
     """
     milli = _check_milli(milli)
     if milli == MILLI_PER_GPU:
         return MILLI_PER_GPU
-    units = min(MAX_SHARE_PCT, max(MIN_SHARE_PCT, milli_to_units(milli)))
+    units = min(MAX_SHARE_PCT, max(min_share_pct(device_sms), milli_to_units(milli)))
     return units_to_milli(units)
+
+
+def smallest_gpu_sms(models: Iterable[str]) -> int | None:
+    """The fewest SMs among GPU models with a known count: the GPU whose minimum share a
+    cluster-wide request must meet to fit anywhere (None when no model is known)."""
+    counts = [c for c in (device_sm_count(m) for m in models) if c]
+    return min(counts) if counts else None
 
 
 def limit_pct(milli: int) -> int | None:
@@ -81,22 +100,19 @@ def limit_pct(milli: int) -> int | None:
     return None if served == MILLI_PER_GPU else milli_to_units(served)
 
 
-def limit_pct_for_units(units: int) -> int | None:
+def limit_pct_for_units(units: int, device_sms: int | None = None) -> int | None:
     """`BLESS_LIMIT_PCT` for a kubelet request of `units` of one GPU (1-100), by the same rule
-    as milli (1-4 units are served as the 5% minimum; 100 is the whole GPU)."""
+    as milli (below the GPU's smallest share -> that share; 100 is the whole GPU)."""
     if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= UNITS_PER_GPU:
         raise ValueError(f"units must be an integer 1-{UNITS_PER_GPU}, got {units!r}")
-    return limit_pct(units_to_milli(units))
+    return limit_pct(served_milli(units_to_milli(units), device_sms))
 
 
 def granted_sms(pct: int | None, device_sms: int, mechanism: Mechanism | str) -> int:
     """The SMs a process capped at `pct` % runs on, for a GPU of `device_sms` SMs.
 
-    MPS: floor(device_sms * pct / 100) rounded down to even, at least 2; green context:
-    rounded down to 8-SM groups, at least one group; whole GPU (None or EXCLUSIVE): all.
-    Under MPS the SMs of a GPU's shares add up to at most its SMs (`MIN_SHARE_PCT`); a green
-    share smaller than one group still gets one, but green processes time-slice rather than
-    run side by side, so there the sum bounds no concurrent use.
+    MPS: floor(device_sms * pct / 100) rounded down to even; green context: rounded down to
+    8-SM groups; both at least 8 SMs (measured); whole GPU (None or EXCLUSIVE): all of them.
     """
     mechanism = Mechanism(mechanism)
     if device_sms <= 0:
@@ -107,7 +123,7 @@ def granted_sms(pct: int | None, device_sms: int, mechanism: Mechanism | str) ->
         raise ValueError(f"pct must be 1-{MAX_SHARE_PCT} or None, got {pct}")
     step = MPS_SM_STEP if mechanism is Mechanism.MPS else GREEN_SM_STEP
     raw = device_sms * pct // 100
-    return min(device_sms, max(step, raw - raw % step))
+    return min(device_sms, max(MIN_SMS, raw - raw % step))
 
 
 # Multiprocessors per GPU from the vendors' data sheets, for the cluster's GPU models and for
@@ -157,7 +173,7 @@ class Share:
 def share_for(milli: int, device_sms: int | None, mechanism: Mechanism | str) -> Share:
     """The share a request of `milli` of one GPU is served as, on a GPU of `device_sms` SMs
     (None when the model's SM count is unknown: then `sms` is None too)."""
-    served = served_milli(milli)
+    served = served_milli(milli, device_sms)
     pct = limit_pct(served)
     mechanism = Mechanism(mechanism)
     if pct is None:

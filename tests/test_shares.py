@@ -65,6 +65,11 @@ def test_out_of_range_milli_names_the_field(bad: object) -> None:
         (40, Mechanism.GREEN, 48),
         (50, Mechanism.GREEN, 64),
         (None, Mechanism.MPS, 132),
+        # MPS never grants fewer than 8 SMs (1-6% measured -> 8)
+        (1, Mechanism.MPS, 8),
+        (5, Mechanism.MPS, 8),
+        (7, Mechanism.MPS, 8),
+        (8, Mechanism.MPS, 10),
     ],
 )
 def test_granted_sms_match_the_h200_measurements(pct, mechanism, measured) -> None:
@@ -76,14 +81,10 @@ def test_granted_sms_match_the_h200_measurements(pct, mechanism, measured) -> No
 def test_shares_on_one_gpu_never_exceed_its_sms(device_sms: int, mechanism: Mechanism) -> None:
     """Random packings of one GPU (bookings of served milli adding up to <= 1000)."""
     rng = random.Random(device_sms)
-    # under green, a share below one 8-SM group still gets a group (see granted_sms)
-    smallest = 50 if mechanism is Mechanism.MPS else -(-800 // device_sms) * 10
     for _ in range(300):
         free, sms = 1000, 0
         for _attempt in range(200):
-            if free < smallest:
-                break
-            served = shares.served_milli(rng.randint(smallest, min(999, free)))
+            served = shares.served_milli(rng.randint(1, 999), device_sms)
             if served > free:
                 continue
             free -= served
@@ -108,10 +109,25 @@ def test_share_for_reports_what_the_pod_gets() -> None:
         shares.share_for(470, H200_SMS, "exclusive")
 
 
+@pytest.mark.parametrize(
+    ("device_sms", "smallest"), [(132, 7), (108, 8), (80, 10), (56, 15), (40, 20), (None, 5)]
+)
+def test_smallest_share_gets_the_8_sm_floor(device_sms: int | None, smallest: int) -> None:
+    assert shares.min_share_pct(device_sms) == smallest
+    assert shares.served_milli(1, device_sms) == smallest * 10
+    assert shares.served_milli(999, device_sms) == 990
+
+
+def test_smallest_gpu_of_a_cluster() -> None:
+    assert shares.smallest_gpu_sms(["H200", "T4", "G2"]) == 40
+    assert shares.smallest_gpu_sms(["G2", "G3"]) is None
+
+
 def test_units_and_kubelet_requests() -> None:
     assert shares.units_to_milli(47) == 470
     assert shares.milli_to_units(475) == 47
     assert [shares.limit_pct_for_units(u) for u in (1, 4, 5, 99, 100)] == [5, 5, 5, 99, None]
+    assert [shares.limit_pct_for_units(u, 132) for u in (1, 6, 7, 100)] == [7, 7, 7, None]
     for bad in (0, 101, -3):
         with pytest.raises(ValueError, match="units"):
             shares.limit_pct_for_units(bad)
