@@ -61,8 +61,13 @@ class AgentMetrics:
             self.healthy.labels(g.uuid).set(1 if self._probe(g.uuid) else 0)
         self._server = None
         self.port: int | None = None
+        self.error: str | None = None  # why the metrics are not served, if they should be
         if port is not None:
-            self.serve(port)
+            try:
+                self.serve(port)
+            except OSError as exc:  # port taken (several agents on one host): keep the agent
+                self.error = f"metrics not served on port {port}: {exc}"
+                log.warning(self.error)
 
     @classmethod
     def for_agent(cls, agent: Any) -> AgentMetrics:

@@ -99,6 +99,17 @@ def test_shimless_processes_count_what_no_shim_reports():
     assert families[("keti_agent_gpu_healthy", "GPU-a")] == 0
 
 
+def test_a_taken_port_leaves_the_agent_running():
+    first = AgentMetrics(None, [], ListSink(), port=0)
+    try:
+        second = AgentMetrics(None, [], ListSink(), port=first.port)
+        assert second.port is None and str(first.port) in second.error
+        second.put([{"kind": "gpu", "gpu_uuid": "GPU-x", "sm_pct": 10.0}])  # still a sink
+        assert second.sink.records
+    finally:
+        first.stop()
+
+
 def test_bad_port_names_the_variable(monkeypatch):
     monkeypatch.setenv(ENV_AGENT_METRICS_PORT, "http")
 
