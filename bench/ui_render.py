@@ -34,6 +34,15 @@ from tests.factories import local_serve  # noqa: E402
 TOKEN = "bench-ui-token"
 TARGET_MS = 2000.0
 RESULTS = ROOT / "bench" / "results"
+TIMELINE = """() => {
+  const at = {};
+  for (const e of performance.getEntriesByType("resource")) {
+    const name = e.name.split("/").pop();
+    at[name] = {start_ms: Math.round(e.startTime), end_ms: Math.round(e.responseEnd)};
+  }
+  at.page = {end_ms: Math.round(performance.getEntriesByType("navigation")[0].responseEnd)};
+  return at;
+}"""
 FETCH_ONLY = """async () => {
   const t0 = performance.now();
   const r = await fetch(document.body.dataset.root + '/ui/state', {cache: 'no-store'});
@@ -91,7 +100,7 @@ def main() -> None:
             gpus = sum(len(n["gpus"]) for n in nodes.values())
             parts = sum(len(g["partitions"]) for n in nodes.values() for g in n["gpus"])
             print(f"{len(nodes)} nodes, {gpus} GPUs, {placed} pods placed, {parts} partitions")
-            loads, baselines = [], []
+            loads, baselines, timelines = [], [], []
             with headless_chromium(width=1600, height=1000) as context:
                 page = context.new_page()
                 sign_in(page, base, TOKEN)  # the session cookie for the loads below
@@ -100,6 +109,7 @@ def main() -> None:
                     page.goto(f"{base}/ui")
                     wait_until(page, "window.ketiUi.generation >= 1", timeout_s=30)
                     loads.append(page.evaluate("({...window.ketiUi})"))
+                    timelines.append(page.evaluate(TIMELINE))
                     baselines.append(page.evaluate(FETCH_ONLY)["ms"])
                     page.close()
                 page = context.new_page()
@@ -128,6 +138,7 @@ def main() -> None:
             statistics.median(x["firstRenderMs"] for x in loads), 1
         ),
         "fetch_ms_median": round(statistics.median(x["lastFetchMs"] for x in loads), 1),
+        "first_load_timeline_ms": timelines[len(timelines) // 2],
         "baseline_fetch_parse_ms_median": round(baseline, 1),
         "ratio_all_tiles_to_baseline": round(all_tiles / baseline, 2),
         "refresh_unchanged_render_ms": round(quiet["lastRenderMs"], 1),

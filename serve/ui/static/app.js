@@ -68,8 +68,7 @@
       String(next[a].model).localeCompare(String(next[b].model)) || at.get(a) - at.get(b));
   }
 
-  // The first build goes in chunks, one per frame: the first screenful paints at once and
-  // the rest follows while the page already answers.
+  // The first build paints the first screenful (CHUNK tiles) at once, then adds the rest.
   const CHUNK = 200;
   const nextFrame = () => new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
   const tileHTML = (name, n) =>
@@ -77,21 +76,26 @@
   let queue = Promise.resolve(); // renders run one after another (refresh, re-order)
   const schedule = (fn) => (queue = queue.then(fn));
 
+  function addTiles(part, next, start) {
+    grid.insertAdjacentHTML("beforeend", part.map((name) => tileHTML(name, next[name])).join(""));
+    let el = grid.children[start];
+    for (const name of part) {
+      const n = next[name];
+      tiles.set(name, { el, sig: JSON.stringify(n), text: searchText(name, n), booked: isBooked(n) });
+      el = el.nextElementSibling;
+    }
+  }
+
   async function build(names, next) {
     grid.innerHTML = "";
-    for (let i = 0; i < names.length; i += CHUNK) {
-      const part = names.slice(i, i + CHUNK);
-      grid.insertAdjacentHTML("beforeend", part.map((name) => tileHTML(name, next[name])).join(""));
-      let el = grid.children[i];
-      for (const name of part) {
-        const n = next[name];
-        tiles.set(name, { el, sig: JSON.stringify(n), text: searchText(name, n), booked: isBooked(n) });
-        el = el.nextElementSibling;
-      }
-      if (i + CHUNK < names.length || perf.firstPaintMs === null) await nextFrame();
-      if (perf.firstPaintMs === null) perf.firstPaintMs = performance.now();
+    addTiles(names.slice(0, CHUNK), next, 0);
+    await nextFrame(); // the first screenful is painted here
+    if (perf.firstPaintMs === null) perf.firstPaintMs = performance.now();
+    if (names.length > CHUNK) {
+      addTiles(names.slice(CHUNK), next, CHUNK);
+      await nextFrame();
     }
-    perf.allTilesMs = performance.now();
+    if (perf.allTilesMs === null) perf.allTilesMs = performance.now();
   }
 
   async function render(next) {
@@ -262,7 +266,8 @@
   async function tick() {
     const t0 = performance.now();
     try {
-      const r = await fetch(`${ROOT}/ui/state`, { credentials: "same-origin", cache: "no-store" });
+      // the first answer comes from the page's <link rel=preload>; /ui/state is no-store
+      const r = await fetch(`${ROOT}/ui/state`, { credentials: "same-origin" });
       if (r.status === 401) { status.textContent = "signed out"; location.reload(); return; }
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       const body = await r.json();
