@@ -120,10 +120,11 @@
           const el = document.createElement("div");
           el.className = "tile";
           el.dataset.node = name;
-                    if (prev) prev.after(el); else grid.prepend(el);
           t = { el, sig: null };
           tiles.set(name, t);
         }
+        const want = prev ? prev.nextElementSibling : grid.firstElementChild;
+        if (want !== t.el) { if (prev) prev.after(t.el); else grid.prepend(t.el); } // new or moved
         if (t.sig !== sig) {
           t.el.innerHTML = tileInner(name, n);
           t.booked = isBooked(n);
