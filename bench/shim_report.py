@@ -1,11 +1,14 @@
-"""Checks the shim's GPU acceptance figures (issue 3) and writes bench/results/shim_gpu.json.
+"""Checks the shim's GPU acceptance figures (issue 11) and writes bench/results/shim_gpu.json.
 
-The figures come from `native/vai_accelerator/gpu/run_gpu.sh` runs on the lent H200, kept as
-JSON lines in native/vai_accelerator/gpu/results/run<N>.jsonl (one {"label", "result"} per
-workload run; run<N>.status.jsonl holds the shim's status lines). This script only reads them:
-re-running the GPU part needs the device (see native/vai_accelerator/RESULTS.md).
+The figures come from `native/vai_accelerator/gpu/sweep.py` runs on the lent H200, kept as
+native/vai_accelerator/gpu/results/sweep_*.json (one per device call). This script only reads
+them; re-running the GPU part needs the device (tests/native/test_gpu_sweep.py does both).
 
     python bench/shim_report.py [--results DIR] [--out FILE]
+
+Every check compares figures measured in the same run (the same share with and without an
+option, one full process against two halves, no shim against the shim); the SM counts are
+compared with keti_ray.shares.granted_sms where that module exists (else the shim's own rule).
 """
 
 from __future__ import annotations
@@ -20,263 +23,334 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "native" / "vai_accelerator" / "gpu" / "results"
 DEFAULT_OUT = ROOT / "bench" / "results" / "shim_gpu.json"
+# Earlier figures (native/vai_accelerator/RESULTS.md, issue 3): launch rate, shim 50 / no shim.
+EARLIER_LAUNCH_RATIO = {"mps": 1.004, "green": 0.946}
 
 
-def load(results: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """{run name: {label: workload result}}; failed runs (null result) are kept as {}."""
-    runs: dict[str, dict[str, dict[str, Any]]] = {}
-    for path in sorted(results.glob("run*.jsonl")):
-        if path.name.endswith(".status.jsonl"):
-            continue
-        rows = runs.setdefault(path.stem, {})
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["label"]] = row["result"] or {}
-    return runs
+try:
+    from keti_ray.shares import MIN_SHARE_PCT
+except ImportError:
+    MIN_SHARE_PCT = 1
 
 
-def status_by_pid(results: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    out = {}
-    for path in sorted(results.glob("run*.status.jsonl")):
-        run = path.name.split(".")[0]
-        for line in path.read_text().splitlines():
-            if line.strip():
-                s = json.loads(line)
-                out[(run, s["pid"])] = s
-    return out
+def granted_sms(pct: int, device_sms: int, mechanism: str) -> int:
+    """The shares module's answer, or (before it lands on this branch) the shim's own rule."""
+    try:
+        from keti_ray.shares import Mechanism
+        from keti_ray.shares import granted_sms as gs
+
+        return gs(pct, device_sms, Mechanism(mechanism))
+    except ImportError:
+        exact = device_sms * pct // 100
+        if mechanism == "mps":
+            return min(device_sms, max(8, exact // 2 * 2))  # measured: MPS never below 8
+        return max(8, exact // 8 * 8)
+
+
+def load(results: Path) -> dict[str, dict]:
+    """{section: rows} merged over every sweep_*.json (a later file wins a section)."""
+    merged: dict[str, dict] = {"_meta": {}}
+    for path in sorted(results.glob("sweep_*.json")):
+        data = json.loads(path.read_text())
+        merged["_meta"][path.name] = {
+            k: data.get(k) for k in ("commit", "started", "argv", "total_secs")
+        }
+        merged["_meta"][path.name]["commands"] = data.get("commands", [])
+        for name, sec in data.get("sections", {}).items():
+            if isinstance(sec, dict) and "skipped" not in sec and "error" not in sec:
+                merged[name] = sec
+    return merged
 
 
 def check(name: str, ok: bool, **figures: Any) -> dict[str, Any]:
     return {"check": name, "pass": bool(ok), **figures}
 
 
-def sm_caps_mps(r1: dict, status: dict) -> list[dict]:
-    full = r1["mps/a/noshim"]["tflops"]
+def res(row: dict | None) -> dict:
+    return (row or {}).get("result") or {}
+
+
+def census(sec: dict, mech: str, device_sms: int) -> list[dict]:
     out = []
-    for pct in (25, 50, 75):
-        res = r1[f"mps/a/shim{pct}"]
-        granted = status.get(("run1", res["pid"]), {}).get("sms_granted")
-        ratio = res["tflops"] / full
-        lo, hi = 0.95 * pct / 100, 1.25 * pct / 100
+    for kind in ("static", "shared"):
+        bad, table = [], []
+        for row in sec.get(kind, []):
+            p, r, st = row["pct"], res(row), row.get("status", {})
+            want = granted_sms(p, device_sms, mech)
+            coop_ok = (
+                r.get("coop_launch") == "cudaSuccess"
+                and r.get("coop_sync") == "cudaSuccess"
+                and r.get("coop_count") == r.get("coop_expect")
+            )
+            cells = {
+                "pct": p,
+                "told": r.get("told"),
+                "census": r.get("census"),
+                "granted": st.get("sms_granted"),
+                "predicted": want,
+                "coop": coop_ok,
+            }
+            table.append(cells)
+            if not (r.get("told") == r.get("census") == st.get("sms_granted") and coop_ok):
+                bad.append(cells)
         out.append(
             check(
-                f"MPS {pct}%: workload a runs on the granted SMs, throughput in [0.95, 1.25] x pct",
-                res["sms_seen"] == res["sms_attr"] == granted and lo <= ratio <= hi,
-                sms_seen=res["sms_seen"],
-                sms_granted=granted,
-                tflops=res["tflops"],
-                full_tflops=full,
-                ratio=round(ratio, 4),
-                bounds=[round(lo, 4), round(hi, 4)],
+                f"{mech}: every share: the SMs the process is told = its SM census = the status "
+                f"line's sms_granted, and coop.cu launches and completes ({kind} CUDA runtime)",
+                bool(table) and not bad,
+                shares=len(table),
+                mismatches=bad[:20],
+                table=table,
+            )
+        )
+    if sec.get("static"):
+        rows = [c for c in out[0]["table"] if c["pct"] >= MIN_SHARE_PCT]
+        off = [c for c in rows if c["census"] != c["predicted"]]
+        out.append(
+            check(
+                f"{mech}: the SM census equals keti_ray.shares.granted_sms at every share it books "
+                f"(>= {MIN_SHARE_PCT}%)",
+                bool(rows) and not off,
+                shares=len(rows),
+                mismatches=[{k: c[k] for k in ("pct", "census", "predicted")} for c in off],
             )
         )
     return out
 
 
-def pytorch_mps(r1: dict, r2: dict) -> list[dict]:
-    out = []
-    for pct, sms in ((25, 32), (50, 66), (75, 98)):
-        res = r1[f"mps/d/shim{pct}"]
+def not_reproducible(repro: dict | None) -> set[str]:
+    """Cases whose products differ between two processes of the same share run one at a time."""
+    by: dict[int, list[dict]] = {}
+    for r in (repro or {}).get("rows", []):
+        by.setdefault(r["pct"], []).append(res(r).get("cases", {}))
+    out = set()
+    for runs in by.values():
+        if len(runs) == 2:
+            out |= {k for k, v in runs[0].items() if runs[1].get(k, {}).get("fp") != v.get("fp")}
+    return out
+
+
+def gemm(sec: dict, mech: str, nonrepro: set[str] = frozenset()) -> list[dict]:
+    rows = sec.get("rows", [])
+    auto = [r for r in rows if r["attr"] == "auto"]
+    wrong = [
+        {"pct": r["pct"], "wrong": res(r).get("wrong"), "rc": r["rc"]}
+        for r in auto
+        if res(r).get("wrong") != [] or "cases" not in res(r)
+    ]
+    worst = max((res(r).get("worst", 9) for r in auto), default=None)
+    n_cases = sum(len(res(r).get("cases", {})) for r in auto)
+    out = [
+        check(
+            f"{mech}: zero wrong GEMMs (bf16/fp16/fp32, cuBLAS and cuBLASLt, 1024-4096 and "
+            "3000x5000x1500) and nn.Linear at every share",
+            bool(auto) and not wrong,
+            shares=len(auto),
+            cases_checked=n_cases,
+            worst_rel_err=worst,
+            failures=wrong[:20],
+        )
+    ]
+    controls = [r for r in rows if r["attr"] == "granted"]
+    if controls:
         out.append(
             check(
-                f"MPS {pct}%: PyTorch sees {sms} SMs and computes correct results",
-                res["sms_attr"] == sms and res["sms_seen"] == sms and res["correct"],
-                sms_attr=res["sms_attr"],
-                sms_seen=res["sms_seen"],
-                tflops=res["tflops"],
-                rel_err=res["rel_err"],
+                f"{mech}: control: told the share (VAI_SM_ATTRIBUTE=granted) the same checks find "
+                "wrong products at the known-bad shares (the check can fail)",
+                all(res(r).get("wrong") for r in controls)
+                if mech == "mps"
+                else any(res(r).get("wrong") for r in controls),
+                controls={r["pct"]: res(r).get("wrong") for r in controls},
             )
         )
-    env = r2.get("mps/d/env75-noshim", {})
+    conc = {r["pct"]: res(r).get("cases", {}) for r in auto}
+    same, same_err, diffs = 0, 0, []
+    for r in sec.get("alone", []):
+        a, c = res(r).get("cases", {}), conc.get(r["pct"], {})
+        for k, v in a.items():
+            if k in c and c[k].get("fp") == v.get("fp"):
+                same += 1
+            elif k in c and k in nonrepro and c[k].get("err") == v.get("err"):
+                same_err += 1  # not bitwise reproducible between processes at all: same error
+            else:
+                diffs.append(f"{r['pct']}:{k}")
+    if sec.get("alone"):
+        out.append(
+            check(
+                f"{mech}: running {sec.get('workers')} shares at once changes no result: the same "
+                "shares run alone give bit-identical products (fingerprints), or the same error "
+                "where two lone runs differ in bits too",
+                same > 0 and not diffs,
+                identical=same,
+                same_error_not_bitwise_reproducible=same_err,
+                not_reproducible_between_processes=sorted(nonrepro),
+                different=diffs[:10],
+            )
+        )
+    return out
+
+
+def perf(sec: dict) -> list[dict]:
+    out = []
+    for p in (25, 50, 75):
+        by = {
+            a: [
+                res(r).get("tflops")
+                for r in sec.get("rows", [])
+                if r["pct"] == p and r["attr"] == a
+            ]
+            for a in ("auto", "granted")
+        }
+        ok = all(v and all(x for x in v) for v in by.values())
+        ratio = statistics.mean(by["auto"]) / statistics.mean(by["granted"]) if ok else None
+        out.append(
+            check(
+                f"MPS {p}%: bf16 8192^3 throughput, default (cuBLAS told the device's SMs) within "
+                "2% of VAI_SM_ATTRIBUTE=granted",
+                ratio is not None and 0.98 <= ratio <= 1.02,
+                tflops_auto=by["auto"],
+                tflops_granted=by["granted"],
+                ratio=round(ratio, 4) if ratio else None,
+            )
+        )
+    return out
+
+
+def pair(sec: dict) -> list[dict]:
+    full = res(sec.get("full")).get("tflops")
+    two = [res(r).get("tflops") for r in sec.get("pair", [])]
+    ok = full and len(two) == 2 and all(two)
+    return [
+        check(
+            "MPS: two processes at 50% at once: together >= 90% of one full process, each >= 45%",
+            bool(ok) and sum(two) >= 0.9 * full and min(two) >= 0.45 * full,
+            full=full,
+            each=two,
+            together_ratio=round(sum(two) / full, 4) if ok else None,
+            windows=[res(r).get("window") for r in sec.get("pair", [])],
+        )
+    ]
+
+
+def launch(sec: dict, mech: str) -> list[dict]:
+    by: dict[str, list[float]] = {}
+    for r in sec.get("rows", []):
+        v = res(r).get("launch_rate_best")
+        if v:
+            by.setdefault(r["setting"], []).append(v)
+    ok = by.get("noshim") and by.get("shim50")
+    ratio = statistics.median(by["shim50"]) / statistics.median(by["noshim"]) if ok else None
+    earlier = EARLIER_LAUNCH_RATIO[mech]
+    return [
+        check(
+            f"{mech}: empty-kernel launch rate under the shim (50%) does not regress against the "
+            f"earlier figure ({earlier} of no shim)",
+            ratio is not None and ratio >= earlier - 0.02,
+            median_noshim=statistics.median(by["noshim"]) if ok else None,
+            median_shim50=statistics.median(by["shim50"]) if ok else None,
+            ratio=round(ratio, 4) if ratio else None,
+            earlier_ratio=earlier,
+            rounds=len(by.get("shim50", [])),
+        )
+    ]
+
+
+def preload(sec: dict, mech: str, device_sms: int) -> list[dict]:
+    want = granted_sms(25, device_sms, mech)
+    c, p, b = res(sec.get("coop")), res(sec.get("perf")), res(sec.get("baseline"))
+    ratio = p.get("tflops", 0) / b["tflops"] if b.get("tflops") else None
+    st = sec.get("perf", {}).get("status", {})
+    return [
+        check(
+            f"{mech}: LD_PRELOAD=libm + BLESS_LIMIT_PCT=100 in the env, /etc/ld.so.preload and "
+            "/etc/vai/limits (25%) as the plugin mounts them: the process still gets its share",
+            c.get("told") == c.get("census") == want
+            and p.get("sms_seen") == want
+            and ratio is not None
+            and 0.95 <= ratio <= 1.05
+            and st.get("limit_pct") == 25,
+            told=c.get("told"),
+            census=c.get("census"),
+            torch_census=p.get("sms_seen"),
+            predicted=want,
+            tflops=p.get("tflops"),
+            baseline_tflops_shim25=b.get("tflops"),
+            ratio=round(ratio, 4) if ratio else None,
+            status_limits_file=st.get("limits_file"),
+            mps_env_100_told=res(sec.get("coop_mps_env_100")).get("told"),
+            restored=sec.get("restored"),
+        )
+    ]
+
+
+def quota(sec: dict) -> list[dict]:
+    lim = 4 << 30
+    out = []
+    for name in ("plain", "expandable", "async"):
+        r = res(sec.get(name))
+        got = r.get("allocated_before_oom")
+        out.append(
+            check(
+                f"quota 4Gi: PyTorch's {name} allocator stops at the quota with OutOfMemoryError",
+                got is not None and lim - (512 << 20) <= got <= lim and bool(r.get("oom")),
+                allocated=got,
+                mem_get_info_total=r.get("mem_get_info_total"),
+                oom=r.get("oom"),
+            )
+        )
+    v, n = res(sec.get("vmm")), res(sec.get("vmm_noshim"))
     out.append(
         check(
-            "MPS 75% WITHOUT the shim (env only): PyTorch correct? (is a failure the shim's?)",
-            env.get("correct", False),
-            sms_attr=env.get("sms_attr"),
-            rel_errs=env.get("rel_errs"),
-            note="a failure here reproduces the wrong GEMM without the shim",
+            "quota 4Gi: cuMemCreate/cuMemMap/cuMemRelease loop stops at the quota (without the "
+            "shim the same loop maps 8 GiB)",
+            v.get("mapped", lim + 1) <= lim
+            and v.get("mapped", 0) >= lim - (512 << 20)
+            and v.get("stopped_at") == "cuMemCreate"
+            and n.get("mapped") == 8 << 30,
+            mapped=v.get("mapped"),
+            stopped_at=v.get("stopped_at"),
+            noshim_mapped=n.get("mapped"),
         )
     )
     return out
 
 
-def pairs(r1: dict) -> list[dict]:
-    out = []
-    for wl, ref_label, key in (
-        ("a", "mps/a/noshim-5s", "tflops"),
-        ("b", "mps/b/noshim-4s", "gbps"),
-        ("d", "mps/d/noshim-4s", "tflops"),
-    ):
-        ref = r1[ref_label][key]
-        p1, p2 = r1[f"mps/{wl}/pair50/1"], r1[f"mps/{wl}/pair50/2"]
-        overlap = (
-            min(p1["t_end"], p2["t_end"]) - max(p1["t_start"], p2["t_start"]) if wl != "d" else None
-        )
-        total = p1[key] + p2[key]
-        out.append(
+def evaluate(data: dict) -> list[dict]:
+    dev = (data.get("env") or {}).get("device_sms") or 132
+    checks: list[dict] = []
+    if "mps_census" in data:
+        checks += census(data["mps_census"], "mps", dev)
+        nv = data["mps_census"].get("nvml", {})
+        checks.append(
             check(
-                f"MPS two at 50% (workload {wl}): together >= 90% of one at 100%, each >= 45%",
-                total >= 0.9 * ref and min(p1[key], p2[key]) >= 0.45 * ref,
-                unit=key,
-                each=[p1[key], p2[key]],
-                together=round(total, 2),
-                full=ref,
-                together_frac=round(total / ref, 4),
-                each_frac=[round(p1[key] / ref, 4), round(p2[key] / ref, 4)],
-                overlap_s=round(overlap, 3) if overlap is not None else "barrier-aligned",
+                "MPS: without VAI_DEVICE_SM_COUNT the shim learns the device's SM count from NVML",
+                nv.get("status", {}).get("sms_device") == dev
+                and nv.get("status", {}).get("sms_device_source") == "nvml",
+                status=nv.get("status"),
             )
         )
-    alone = r1["mps/b/shim50-4s"]["gbps"] / r1["mps/b/noshim-4s"]["gbps"]
-    out[-2]["b_50pct_alone_frac"] = round(alone, 4)
-    return out
-
-
-def green(r1: dict, r5: dict) -> list[dict]:
-    out = []
-    for pct, sms in ((25, 32), (50, 64), (75, 96)):
-        a = r1[f"nomps/a/green{pct}"]
-        d = r5[f"final/nomps/d/green{pct}"]
-        out.append(
-            check(
-                f"no MPS {pct}%: green context caps workloads a and d to {sms} SMs (8-SM steps)",
-                a["sms_seen"] == sms
-                and a["sms_seen_graph"] == sms
-                and d["sms_seen"] == sms
-                and d["correct"]
-                and sms % 8 == 0,
-                a_sms_seen=a["sms_seen"],
-                a_tflops=a["tflops"],
-                a_ratio=round(a["tflops"] / r1["nomps/a/noshim"]["tflops"], 4),
-                d_sms_seen=d["sms_seen"],
-                d_sms_attr=d["sms_attr"],
-                d_tflops=d["tflops"],
-                d_rel_err=d["rel_err"],
-            )
-        )
-    return out
-
-
-def quota(r1: dict) -> list[dict]:
-    out = []
-    for label, limit in (("nomps/d-quota/4Gi", 4 << 30), ("nomps/d-quota/green50-6Gi", 6 << 30)):
-        q = r1[label]
-        out.append(
-            check(
-                f"memory quota {label.split('/')[-1]}: PyTorch OOM past it, mem_get_info = quota",
-                q["mem_get_info_total"] == limit
-                and q["allocated_before_oom"] <= limit
-                and bool(q["oom"])
-                and q["oom"].startswith("OutOfMemoryError"),
-                mem_get_info=[q["mem_get_info_free"], q["mem_get_info_total"]],
-                allocated_before_oom=q["allocated_before_oom"],
-                oom=q["oom"],
-            )
-        )
-    return out
-
-
-def rates(run: dict, prefix: str) -> dict[str, list[float]]:
-    by: dict[str, list[float]] = {}
-    for label, res in run.items():
-        if label.startswith(prefix) and res:
-            by.setdefault(label.split("/")[2], []).append(res["launch_rate_best"])
-    return by
-
-
-def overhead(r2: dict, r7: dict) -> list[dict]:
-    mps = rates(r2, "mps-pinned/c/")
-    ab = rates(r7, "launchab/c/")
-    med = {
-        k: statistics.median(v)
-        for k, v in {**{"mps-" + k: v for k, v in mps.items()}, **ab}.items()
-    }
-    out = [
-        check(
-            "overhead, MPS: empty-kernel launch rate under the shim (50%) >= 98% of without",
-            med["mps-shim50"] >= 0.98 * med["mps-noshim"],
-            ratio=round(med["mps-shim50"] / med["mps-noshim"], 4),
-            median_rates={"noshim": med["mps-noshim"], "shim50": med["mps-shim50"]},
-            rounds=len(mps["noshim"]),
-        ),
-        check(
-            "overhead, shim loaded at 100% (pass-through): launch rate >= 98% of without",
-            med["shim100"] >= 0.98 * med["noshim"],
-            ratio=round(med["shim100"] / med["noshim"], 4),
-            rounds=len(ab["noshim"]),
-        ),
-        check(
-            "overhead, no MPS (green context via the shim, 50%): launch rate >= 98% of without",
-            med["shim50"] >= 0.98 * med["noshim"],
-            ratio=round(med["shim50"] / med["noshim"], 4),
-            green_without_shim_ratio=round(med["green64-noshim"] / med["noshim"], 4),
-            shim_vs_green_without_shim=round(med["shim50"] / med["green64-noshim"], 4),
-            median_rates={k: med[k] for k in ("noshim", "shim100", "green64-noshim", "shim50")},
-            note="hooks are not on the launch path (2 cuCtxGetCurrent calls per process); "
-            "the green context itself costs the difference",
-        ),
-    ]
-    return out
-
-
-def explicit(r6: dict) -> list[dict]:
-    out = []
-    for label, want in (
-        ("validate/mps/a/shim50-explicit", 66),
-        ("validate/mps/a/shim25-explicit", 32),
-        ("validate/mps/a/shim75-explicit", 98),
-        ("validate/mps/a/shim50-explicit-aff80", 66),
-        ("validate/mps/a/shim50-explicit-aff66", 66),
-        ("validate/mps/a/shim50-explicit-aff40", 40),
-    ):
-        res = r6[label]
-        out.append(
-            check(
-                f"MPS explicit context ({label.split('/')[-1]}) capped to {want} SMs",
-                res["sms_seen"] == want,
-                sms_seen=res["sms_seen"],
-                ctx=res["ctx"],
-            )
-        )
-    return out
-
-
-def final_library(r8: dict, call: str = "call 8") -> list[dict]:
-    """Calls 8 and 9: the committed library, re-checked end to end on the GPU."""
-    q = r8.get("sanity/nomps/d-quota/4Gi", {})
-    qm = r8.get("sanity/mps/d-quota/shim50-2Gi", {})
-    d_green, d_mps = r8.get("sanity/nomps/d/green50", {}), r8.get("sanity/mps/d/shim50", {})
-    a_full, a50 = r8.get("sanity/mps/a/noshim", {}), r8.get("sanity/mps/a/shim50", {})
-    p1, p2 = r8.get("sanity/mps/a/pair50/1", {}), r8.get("sanity/mps/a/pair50/2", {})
-    return [
-        check(
-            f"{call}, final library: quota (no MPS 4Gi, MPS 50% 2Gi) = mem_get_info, OOM past it",
-            q.get("mem_get_info_total") == 4 << 30
-            and qm.get("mem_get_info_total") == 2 << 30
-            and str(q.get("oom", "")).startswith("OutOfMemoryError")
-            and str(qm.get("oom", "")).startswith("OutOfMemoryError"),
-            totals=[q.get("mem_get_info_total"), qm.get("mem_get_info_total")],
-        ),
-        check(
-            f"{call}, final library: PyTorch at 50% (green 64 SMs, MPS 66 SMs) capped and correct",
-            d_green.get("sms_seen") == 64
-            and d_green.get("correct")
-            and d_mps.get("sms_seen") == d_mps.get("sms_attr") == 66
-            and d_mps.get("correct"),
-            green=[d_green.get("sms_seen"), d_green.get("tflops")],
-            mps=[d_mps.get("sms_seen"), d_mps.get("tflops")],
-        ),
-        check(
-            f"{call}, final library: MPS 50% workload a; explicit context at 25%; pair at 50%",
-            a50.get("sms_seen") == 66
-            and r8.get("sanity/mps/a/shim25-explicit", {}).get("sms_seen") == 32
-            and p1.get("tflops", 0) + p2.get("tflops", 0) >= 0.9 * a_full.get("tflops", 1e9)
-            and min(p1.get("tflops", 0), p2.get("tflops", 0)) >= 0.45 * a_full.get("tflops", 1e9),
-            a50_ratio=round(a50.get("tflops", 0) / a_full.get("tflops", 1), 4),
-            pair=[p1.get("tflops"), p2.get("tflops")],
-            full=a_full.get("tflops"),
-        ),
-    ]
+    nonrepro = not_reproducible(data.get("mps_repro"))
+    if "mps_gemm" in data:
+        checks += gemm(data["mps_gemm"], "mps", nonrepro)
+    if "mps_perf" in data:
+        checks += perf(data["mps_perf"])
+    if "mps_pair" in data:
+        checks += pair(data["mps_pair"])
+    if "mps_launch" in data:
+        checks += launch(data["mps_launch"], "mps")
+    if "mps_preload" in data:
+        checks += preload(data["mps_preload"], "mps", dev)
+    if "green_census" in data:
+        checks += census(data["green_census"], "green", dev)
+    if "green_gemm" in data:
+        checks += gemm(data["green_gemm"], "green", nonrepro)
+    if "green_launch" in data:
+        checks += launch(data["green_launch"], "green")
+    if "green_preload" in data:
+        checks += preload(data["green_preload"], "green", dev)
+    if "quota" in data:
+        checks += quota(data["quota"])
+    return checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,34 +358,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    runs = load(args.results)
-    status = status_by_pid(args.results)
-    env = (args.results / "env.txt").read_text() if (args.results / "env.txt").exists() else ""
-    r1, r2, r5, r6, r7, r8, r9 = (runs.get(f"run{i}", {}) for i in (1, 2, 5, 6, 7, 8, 9))
-    checks = (
-        sm_caps_mps(r1, status)
-        + pytorch_mps(r1, r2)
-        + pairs(r1)
-        + green(r1, r5)
-        + quota(r1)
-        + overhead(r2, r7)
-        + explicit(r6)
-        + final_library(r8, "call 8")
-        + final_library(r9, "call 9")
-    )
+    data = load(args.results)
+    checks = evaluate(data)
     report = {
         "source": str(args.results.relative_to(ROOT))
         if args.results.is_relative_to(ROOT)
         else str(args.results),
-        "device": env.strip().splitlines()[1] if env.count("\n") >= 1 else "",
+        "runs": data["_meta"],
+        "env": data.get("env"),
+        "markers": data.get("markers"),
         "passed": sum(c["pass"] for c in checks),
         "failed": sum(not c["pass"] for c in checks),
         "checks": checks,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     for c in checks:
-        print(("PASS " if c["pass"] else "FAIL ") + c["check"])
+        figs = {k: v for k, v in c.items() if k not in ("check", "pass", "table")}
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['check']}\n      {json.dumps(figs)[:400]}")
     print(f"{report['passed']} passed, {report['failed']} failed -> {args.out}")
     return 0
 

@@ -50,7 +50,7 @@ NPU_PLUGIN_SOCKET = "keti-npu.sock"  # the NPU plugin's socket in DEVICE_PLUGIN_
 # The shim's limits (CONTRACTS: the plugin writes them, the shim applies the stricter of them
 # and the pod's env).
 ENV_VAI_DEVICE_SM_COUNT = "VAI_DEVICE_SM_COUNT"  # the GPU's full SM count, from NVML
-ENV_VAI_SM_ATTRIBUTE = "VAI_SM_ATTRIBUTE"  # granted|device: override of the SM-count answer
+ENV_VAI_SM_ATTRIBUTE = "VAI_SM_ATTRIBUTE"  # auto (default)|granted|device: SM-count answer
 ENV_VAI_LIMITS_FILE = "VAI_LIMITS_FILE"  # another limits file, honoured only when the mount
 # at LIMITS_CONTAINER_PATH is absent (tests)
 ENV_VAI_MECHANISM = "VAI_MECHANISM"  # mps|green|auto

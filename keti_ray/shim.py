@@ -22,7 +22,9 @@ from keti_ray.constants import (
     ENV_BLESS_LIMIT_PCT,
     ENV_LD_PRELOAD,
     ENV_MPS_PIPE_DIRECTORY,
+    ENV_VAI_DEVICE_SM_COUNT,
     ENV_VAI_LOG_LEVEL,
+    ENV_VAI_MECHANISM,
     ENV_VAI_MEMORY_LIMIT,
     ENV_VAI_STATUS_DIR,
     GPU_UNITS_PER_DEVICE,
@@ -41,6 +43,8 @@ SHIM_HOST_PATH = f"{SHIM_HOST_DIR}/{SHIM_LIBRARY_NAME}"
 ENV_SHIM_LIBRARY = "VAI_SHIM_LIBRARY"  # overrides where `find_library` looks first
 CONFIGMAP_MAX_BYTES = 1 << 20  # Kubernetes refuses ConfigMaps over 1 MiB
 LOG_LEVELS = ("error", "warn", "info", "debug")
+MECHANISMS = ("mps", "green", "auto")
+MAX_DEVICE_SMS = 4096  # the C parser's bound (config.c, vai_parse_device_sms)
 
 _MEMORY_RE = re.compile(r"^([0-9]{1,19})(Ki|Mi|Gi|Ti)?$")
 _UNIT_SHIFT = {None: 0, "Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40}
@@ -92,6 +96,43 @@ def check_log_level(level: str) -> str:
             f"{ENV_VAI_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)}, got {level!r}"
         )
     return level.lower()
+
+
+def limits_text(
+    pct: int | None,
+    memory_limit: str | None = None,
+    device_sms: int | None = None,
+    mechanism: str | None = None,
+) -> str:
+    """The limits file (CONTRACTS.md section 2) the GPU plugin mounts at /etc/vai/limits, in the
+    form the shim's parser (config.c) reads: `KEY=VALUE` lines. `pct` None or 100 = whole GPU
+    (no BLESS_LIMIT_PCT line). Bad values raise ValueError naming the key."""
+    lines = ["# keti-ray GPU plugin: this allocation's limits (read-only; the shim reads it)"]
+    if pct is not None:
+        check_pct(pct)
+        if pct < GPU_UNITS_PER_DEVICE:
+            lines.append(f"{ENV_BLESS_LIMIT_PCT}={pct}")
+    if memory_limit is not None:
+        parse_memory_limit(memory_limit)
+        lines.append(f"{ENV_VAI_MEMORY_LIMIT}={memory_limit}")
+    if device_sms is not None:
+        if (
+            isinstance(device_sms, bool)
+            or not isinstance(device_sms, int)
+            or not 1 <= device_sms <= MAX_DEVICE_SMS
+        ):
+            raise ValueError(
+                f"{ENV_VAI_DEVICE_SM_COUNT} must be an integer 1-{MAX_DEVICE_SMS}, "
+                f"got {device_sms!r}"
+            )
+        lines.append(f"{ENV_VAI_DEVICE_SM_COUNT}={device_sms}")
+    if mechanism is not None:
+        if mechanism not in MECHANISMS:
+            raise ValueError(
+                f"{ENV_VAI_MECHANISM} must be one of {', '.join(MECHANISMS)}, got {mechanism!r}"
+            )
+        lines.append(f"{ENV_VAI_MECHANISM}={mechanism}")
+    return "\n".join(lines) + "\n"
 
 
 # ---- the library --------------------------------------------------------------------------------

@@ -174,3 +174,44 @@ def test_gpu_workload_a_is_capped_under_the_shim(native_build: Path) -> None:
         assert res["sms_seen"] == res["sms_attr"]
     else:  # green context: half the device's SMs, rounded down to 8 (attribute = device count)
         assert 0 < res["sms_seen"] <= res["sms_attr"] // 2 and res["sms_seen"] % 8 == 0
+
+
+@pytest.mark.parametrize(
+    ("file_pct", "env", "want_sms"),
+    [(25, {"BLESS_LIMIT_PCT": "100"}, 32), (25, {}, 32), (50, {"BLESS_LIMIT_PCT": "25"}, 32)],
+)
+def test_limits_file_from_python_is_what_the_shim_enforces(
+    native_build: Path, tmp_path: Path, file_pct: int, env: dict[str, str], want_sms: int
+) -> None:
+    """keti_ray.shim.limits_text writes the file the plugin mounts; the C shim reads it and the
+    stricter of file and env wins (a pod's BLESS_LIMIT_PCT=100 cannot raise it)."""
+    from keti_ray.shim import limits_text
+
+    limits = tmp_path / "limits"
+    limits.write_text(limits_text(file_pct, "1Gi", 132, "auto"))
+    proc = subprocess.run(
+        [sys.executable, "-c", CTYPES_DRIVER, "alloc"],
+        env=shim_env(native_build, VAI_LIMITS_FILE=str(limits), VAI_MEMORY_LIMIT="8Gi", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out == ["init 0", "alloc600 0", "alloc600 2", "info 424 1024", f"ctx_sms {want_sms}"], (
+        out
+    )
+
+
+def test_limits_text_rejects_bad_values() -> None:
+    from keti_ray.shim import limits_text
+
+    with pytest.raises(ValueError, match="VAI_DEVICE_SM_COUNT"):
+        limits_text(25, device_sms=0)
+    with pytest.raises(ValueError, match="VAI_MECHANISM"):
+        limits_text(25, mechanism="mig")
+    with pytest.raises(ValueError, match="VAI_MEMORY_LIMIT"):
+        limits_text(25, memory_limit="20G")
+    with pytest.raises(ValueError, match="BLESS_LIMIT_PCT"):
+        limits_text(0)
+    assert "BLESS_LIMIT_PCT" not in limits_text(100)

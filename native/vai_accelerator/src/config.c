@@ -11,8 +11,7 @@
 
 #include "vai_internal.h"
 
-VAI_HIDDEN vai_config vai_cfg = {.limit_pct = 100, .log_level = VAI_LOG_WARN,
-                                  .sm_attribute_device = 1};
+VAI_HIDDEN vai_config vai_cfg = {.limit_pct = 100, .log_level = VAI_LOG_WARN};
 
 VAI_HIDDEN void vai_log(int level, const char *fmt, ...) {
   if (level > vai_cfg.log_level) return;
@@ -85,16 +84,41 @@ VAI_HIDDEN int vai_parse_log_level(const char *s, int *out, char *err, size_t er
   return -1;
 }
 
-VAI_HIDDEN int vai_parse_sm_attribute(const char *s, int *device, char *err, size_t errlen) {
-  if (s && strcmp(s, "granted") == 0) {
-    *device = 0;
+VAI_HIDDEN int vai_parse_sm_attribute(const char *s, int *mode, char *err, size_t errlen) {
+  static const char *names[] = {"auto", "granted", "device"};
+  for (int i = 0; s && i < 3; i++) {
+    if (strcmp(s, names[i]) == 0) {
+      *mode = i;
+      return 0;
+    }
+  }
+  snprintf(err, errlen, "invalid VAI_SM_ATTRIBUTE='%.40s': expected auto, granted or device",
+           s ? s : "");
+  return -1;
+}
+
+VAI_HIDDEN int vai_parse_device_sms(const char *s, unsigned *out, char *err, size_t errlen) {
+  unsigned long long v = 0;
+  if (s && parse_digits(s, strlen(s), &v) == 0 && v >= 1 && v <= 4096) {
+    *out = (unsigned)v;
     return 0;
   }
-  if (s && strcmp(s, "device") == 0) {
-    *device = 1;
-    return 0;
+  snprintf(err, errlen,
+           "invalid VAI_DEVICE_SM_COUNT='%.40s': expected an integer 1-4096 (the GPU's SMs, "
+           "from NVML)",
+           s ? s : "");
+  return -1;
+}
+
+VAI_HIDDEN int vai_parse_mechanism(const char *s, int *out, char *err, size_t errlen) {
+  static const char *names[] = {"auto", "mps", "green"};
+  for (int i = 0; s && i < 3; i++) {
+    if (strcmp(s, names[i]) == 0) {
+      *out = i;
+      return 0;
+    }
   }
-  snprintf(err, errlen, "invalid VAI_SM_ATTRIBUTE='%.40s': expected granted or device", s ? s : "");
+  snprintf(err, errlen, "invalid VAI_MECHANISM='%.40s': expected mps, green or auto", s ? s : "");
   return -1;
 }
 
@@ -118,34 +142,144 @@ VAI_HIDDEN int vai_check_status_dir(const char *s, char *err, size_t errlen) {
 
 static void add_error(vai_config *c, const char *msg) {
   if (c->n_errors < VAI_MAX_ERRORS) {
-    snprintf(c->errors[c->n_errors], VAI_ERR_LEN, "%s", msg);
+    size_t n = strnlen(msg, VAI_ERR_LEN - 1);
+    memcpy(c->errors[c->n_errors], msg, n);
+    c->errors[c->n_errors][n] = 0;
   }
   c->n_errors++;
 }
 
-VAI_HIDDEN void vai_config_load(vai_config *c) {
+/* The limits file's values (fields left 0 / 100 when the file lacks the key). */
+typedef struct {
+  int pct;
+  unsigned long long memory;
+  unsigned device_sms;
+  int mechanism, have_mechanism;
+} file_limits;
+
+static char *trim(char *p) {
+  while (*p == ' ' || *p == '\t') p++;
+  size_t n = strlen(p);
+  while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r' || p[n - 1] == '\n')) p[--n] = 0;
+  return p;
+}
+
+/* Reads KEY=VALUE lines (# comments, unknown keys ignored). Any unreadable file or bad line is
+ * an error: a limit the plugin wrote must never be silently dropped. */
+static void read_limits_file(vai_config *c, const char *path, file_limits *fl) {
+  char err[VAI_ERR_LEN], msg[VAI_ERR_LEN + 64];
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(msg, sizeof msg, "cannot read the limits file %.200s", path);
+    add_error(c, msg);
+    return;
+  }
+  char line[512];
+  int no = 0;
+  while (fgets(line, sizeof line, f)) {
+    no++;
+    char *p = trim(line);
+    if (!*p || *p == '#') continue;
+    char *eq = strchr(p, '=');
+    if (!eq) {
+      snprintf(msg, sizeof msg, "limits file %.150s line %d: expected KEY=VALUE, got '%.40s'", path,
+               no, p);
+      add_error(c, msg);
+      continue;
+    }
+    *eq = 0;
+    char *k = trim(p), *v = trim(eq + 1);
+    int bad = 0;
+    if (strcmp(k, "BLESS_LIMIT_PCT") == 0)
+      bad = vai_parse_pct(v, &fl->pct, err, sizeof err);
+    else if (strcmp(k, "VAI_MEMORY_LIMIT") == 0)
+      bad = vai_parse_memory(v, &fl->memory, err, sizeof err);
+    else if (strcmp(k, "VAI_DEVICE_SM_COUNT") == 0)
+      bad = vai_parse_device_sms(v, &fl->device_sms, err, sizeof err);
+    else if (strcmp(k, "VAI_MECHANISM") == 0)
+      bad = (fl->have_mechanism = 1, vai_parse_mechanism(v, &fl->mechanism, err, sizeof err));
+    if (bad) {
+      snprintf(msg, sizeof msg, "limits file %.60s line %d: %.140s", path, no, err);
+      add_error(c, msg);
+    }
+  }
+  fclose(f);
+}
+
+VAI_HIDDEN void vai_config_load_from(vai_config *c, const char *system_path) {
   char err[VAI_ERR_LEN];
   memset(c, 0, sizeof *c);
   c->limit_pct = 100;
   c->log_level = VAI_LOG_WARN;
-  c->sm_attribute_device = 1; /* see vai_internal.h: the granted count broke cuBLAS on an H200 */
+  c->sm_attribute = VAI_SMATTR_AUTO;
   const char *v;
   /* Log level first so later messages honour it. */
   if ((v = getenv("VAI_LOG_LEVEL")) != NULL && vai_parse_log_level(v, &c->log_level, err, sizeof err))
     add_error(c, err);
-  if ((v = getenv("BLESS_LIMIT_PCT")) != NULL && vai_parse_pct(v, &c->limit_pct, err, sizeof err))
+  /* The plugin's file: /etc/vai/limits; only where it is absent may the env name another. */
+  file_limits fl = {100, 0, 0, 0, 0};
+  struct stat st;
+  const char *lp = NULL;
+  if (system_path && stat(system_path, &st) == 0)
+    lp = system_path;
+  else if ((v = getenv("VAI_LIMITS_FILE")) != NULL && *v)
+    lp = v;
+  if (lp) {
+    snprintf(c->limits_path, sizeof c->limits_path, "%s", lp);
+    read_limits_file(c, lp, &fl);
+  }
+  int env_pct = 100;
+  unsigned long long env_mem = 0;
+  unsigned env_sms = 0;
+  int env_mech = VAI_MECH_REQ_AUTO;
+  if ((v = getenv("BLESS_LIMIT_PCT")) != NULL && vai_parse_pct(v, &env_pct, err, sizeof err))
     add_error(c, err);
-  if ((v = getenv("VAI_MEMORY_LIMIT")) != NULL &&
-      vai_parse_memory(v, &c->memory_limit, err, sizeof err))
+  if ((v = getenv("VAI_MEMORY_LIMIT")) != NULL && vai_parse_memory(v, &env_mem, err, sizeof err))
+    add_error(c, err);
+  if ((v = getenv("VAI_DEVICE_SM_COUNT")) != NULL && vai_parse_device_sms(v, &env_sms, err, sizeof err))
+    add_error(c, err);
+  if ((v = getenv("VAI_MECHANISM")) != NULL && vai_parse_mechanism(v, &env_mech, err, sizeof err))
     add_error(c, err);
   if ((v = getenv("VAI_SM_ATTRIBUTE")) != NULL &&
-      vai_parse_sm_attribute(v, &c->sm_attribute_device, err, sizeof err))
+      vai_parse_sm_attribute(v, &c->sm_attribute, err, sizeof err))
     add_error(c, err);
   if ((v = getenv("VAI_STATUS_DIR")) != NULL) {
     if (vai_check_status_dir(v, err, sizeof err))
       add_error(c, err);
     else
       snprintf(c->status_dir, sizeof c->status_dir, "%s", v);
+  }
+  /* Stricter of file and env: env can lower a limit, never raise it. */
+  c->limit_pct = fl.pct < env_pct ? fl.pct : env_pct;
+  if (fl.memory && env_mem)
+    c->memory_limit = fl.memory < env_mem ? fl.memory : env_mem;
+  else
+    c->memory_limit = fl.memory ? fl.memory : env_mem;
+  /* What the plugin measured (NVML) and chose wins over the pod's env. */
+  c->device_sms = fl.device_sms ? fl.device_sms : env_sms;
+  c->device_sms_src = fl.device_sms ? "file" : env_sms ? "env" : NULL;
+  c->mechanism = fl.have_mechanism ? fl.mechanism : env_mech;
+}
+
+VAI_HIDDEN void vai_config_load(vai_config *c) { vai_config_load_from(c, VAI_LIMITS_CONTAINER_PATH); }
+
+VAI_HIDDEN unsigned vai_mps_sms(int pct, unsigned total) {
+  if (pct >= 100) return total;
+  unsigned n = (unsigned)((unsigned long long)(pct < 1 ? 1 : pct) * total / 100) & ~1u;
+  if (n < VAI_MPS_MIN_SMS) n = VAI_MPS_MIN_SMS;
+  if (n > total) n = total;
+  return n;
+}
+
+VAI_HIDDEN unsigned vai_cores_per_sm(int major, int minor) {
+  /* FP32 cores per SM, from NVIDIA's CUDA C++ Programming Guide (arithmetic throughput table). */
+  switch (major) {
+    case 6: return minor == 0 ? 64 : 128;
+    case 7: return 64;
+    case 8: return minor == 0 ? 64 : 128;
+    case 9: return 128;
+    case 10: case 11: case 12: return 128;
+    default: return 0;
   }
 }
 

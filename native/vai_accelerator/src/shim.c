@@ -24,6 +24,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +153,28 @@ static struct {
   CUresult (*cuGreenCtxDestroy)(CUgreenCtx);
   CUresult (*cuCtxFromGreenCtx)(CUcontext *, CUgreenCtx);
   CUresult (*cuCtxGetExecAffinity)(CUexecAffinityParam *, CUexecAffinityType);
+  CUresult (*cuGreenCtxGetDevResource)(CUgreenCtx, CUdevResource *, CUdevResourceType);
+  CUresult (*cuCtxGetDevResource)(CUcontext, CUdevResource *, CUdevResourceType);
+  CUresult (*cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+  CUresult (*cuMemUnmap)(CUdeviceptr, size_t);
+  CUresult (*cuMemRetainAllocationHandle)(CUmemGenericAllocationHandle *, void *);
+  CUresult (*cuMemPoolCreate)(CUmemoryPool *, const void *);
+  CUresult (*cuMemPoolDestroy)(CUmemoryPool);
+  CUresult (*cuMemPoolTrimTo)(CUmemoryPool, size_t);
+  CUresult (*cuMemPoolGetAttribute)(CUmemoryPool, int, void *);
+  CUresult (*cuDeviceGetMemPool)(CUmemoryPool *, CUdevice);
+  CUresult (*cuEventCreate)(CUevent *, unsigned);
+  CUresult (*cuEventRecord)(CUevent, CUstream);
+  CUresult (*cuEventQuery)(CUevent);
+  CUresult (*cuEventSynchronize)(CUevent);
+  CUresult (*cuEventDestroy_v2)(CUevent);
+  CUresult (*cuStreamIsCapturing)(CUstream, int *);
+  CUresult (*cuStreamSynchronize)(CUstream);
+  /* The pre-3.2 ABI (32-bit sizes and pointers), still exported by libcuda for old binaries. */
+  CUresult (*cuMemAlloc)(unsigned *, unsigned);
+  CUresult (*cuMemFree)(unsigned);
+  CUresult (*cuMemGetInfo)(unsigned *, unsigned *);
+  CUresult (*cuMemAllocPitch)(unsigned *, unsigned *, unsigned, unsigned, unsigned);
 } real;
 
 /* The hooks (defined below) and the exported names they stand for. */
@@ -190,7 +213,21 @@ static struct {
   X(cuMemFreeAsync_ptsz)                                                                          \
   X(cuMemCreate)                                                                                  \
   X(cuMemRelease)                                                                                 \
-  X(cuMemGetInfo_v2)
+  X(cuMemGetInfo_v2)                                                                              \
+  X(cuMemMap)                                                                                     \
+  X(cuMemUnmap)                                                                                   \
+  X(cuMemRetainAllocationHandle)                                                                  \
+  X(cuMemPoolCreate)                                                                              \
+  X(cuMemPoolDestroy)                                                                             \
+  X(cuMemPoolTrimTo)                                                                              \
+  X(cuMemAlloc)                                                                                   \
+  X(cuMemFree)                                                                                    \
+  X(cuMemGetInfo)                                                                                 \
+  X(cuMemAllocPitch)                                                                              \
+  X(cuDeviceGetDevResource)                                                                       \
+  X(cuCtxGetDevResource)                                                                          \
+  X(cuGreenCtxCreate)                                                                             \
+  X(cuCtxFromGreenCtx)
 
 #define DECLARE_HOOK(n) VAI_EXPORT CUresult n();
 /* Declared without prototypes only to take their addresses in the table. */
@@ -246,9 +283,23 @@ static const struct {
     {"cuDevicePrimaryCtxReset", 11000, -1, "cuDevicePrimaryCtxReset_v2"},
     {"cuDevicePrimaryCtxReset", 0, -1, "cuDevicePrimaryCtxReset"},
     {"cuMemAlloc", 3020, -1, "cuMemAlloc_v2"},
+    {"cuMemAlloc", 0, -1, "cuMemAlloc"},
     {"cuMemAllocPitch", 3020, -1, "cuMemAllocPitch_v2"},
+    {"cuMemAllocPitch", 0, -1, "cuMemAllocPitch"},
     {"cuMemFree", 3020, -1, "cuMemFree_v2"},
+    {"cuMemFree", 0, -1, "cuMemFree"},
     {"cuMemGetInfo", 3020, -1, "cuMemGetInfo_v2"},
+    {"cuMemGetInfo", 0, -1, "cuMemGetInfo"},
+    {"cuMemMap", 0, -1, "cuMemMap"},
+    {"cuMemUnmap", 0, -1, "cuMemUnmap"},
+    {"cuMemRetainAllocationHandle", 0, -1, "cuMemRetainAllocationHandle"},
+    {"cuMemPoolCreate", 0, -1, "cuMemPoolCreate"},
+    {"cuMemPoolDestroy", 0, -1, "cuMemPoolDestroy"},
+    {"cuMemPoolTrimTo", 0, -1, "cuMemPoolTrimTo"},
+    {"cuDeviceGetDevResource", 0, -1, "cuDeviceGetDevResource"},
+    {"cuCtxGetDevResource", 0, -1, "cuCtxGetDevResource"},
+    {"cuGreenCtxCreate", 0, -1, "cuGreenCtxCreate"},
+    {"cuCtxFromGreenCtx", 0, -1, "cuCtxFromGreenCtx"},
     {"cuMemAllocAsync", 0, 1, "cuMemAllocAsync_ptsz"},
     {"cuMemAllocAsync", 0, 0, "cuMemAllocAsync"},
     {"cuMemAllocFromPoolAsync", 0, 1, "cuMemAllocFromPoolAsync_ptsz"},
@@ -301,13 +352,20 @@ static void load_real(void) {
   LOAD(cuDeviceGetUuid_v2);
   LOAD(cuDeviceGetUuid);
   LOAD(cuCtxGetDevice);
-  LOAD(cuDeviceGetDevResource);
   LOAD(cuDevSmResourceSplitByCount);
   LOAD(cuDevResourceGenerateDesc);
-  LOAD(cuGreenCtxCreate);
   LOAD(cuGreenCtxDestroy);
-  LOAD(cuCtxFromGreenCtx);
   LOAD(cuCtxGetExecAffinity);
+  LOAD(cuGreenCtxGetDevResource);
+  LOAD(cuMemPoolGetAttribute);
+  LOAD(cuDeviceGetMemPool);
+  LOAD(cuEventCreate);
+  LOAD(cuEventRecord);
+  LOAD(cuEventQuery);
+  LOAD(cuEventSynchronize);
+  LOAD(cuEventDestroy_v2);
+  LOAD(cuStreamIsCapturing);
+  LOAD(cuStreamSynchronize);
 #undef LOAD
 }
 
@@ -330,6 +388,7 @@ typedef struct {
   CUcontext ctx;
   CUcontext real_primary; /* the driver's primary context, mapped to ctx wherever it shows up */
   int refs;
+  CUdevResource split;    /* the share's SM resource: what cuDeviceGetDevResource hands out */
 } devstate;
 
 static struct {
@@ -395,7 +454,8 @@ static devstate *plan_device(CUdevice d) {
   ds->granule = granule > min_part ? granule : min_part;
   ds->want = vai_green_sms(vai_cfg.limit_pct, total, granule, min_part);
   ds->granted = split_sms(&res, ds->want, &split);
-  if (!ds->granted) return NULL;
+  if (!ds->granted || ds->granted > ds->want) return NULL; /* never more than the share */
+  ds->split = split;
   ds->planned = 1;
   return ds;
 }
@@ -427,6 +487,41 @@ static void format_uuid(const CUuuid *u, char *out, size_t len) {
            b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
+/* The device's SM count from NVML inside this process: inside an MPS client the driver reports
+ * only the share, while NVML still describes the whole GPU (nvmlDeviceGetNumGpuCores / cores per
+ * SM: 16896 / 128 = 132 on an H200). 0 when NVML is absent or does not know. */
+static unsigned nvml_device_sms(const char *uuid, int major, int minor) {
+  unsigned per = vai_cores_per_sm(major, minor);
+  dlsym_fn rd = real_dlsym();
+  if (!per || !rd || !uuid[0]) return 0;
+  void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!h) return 0;
+  int (*init)(void) = (int (*)(void))rd(h, "nvmlInit_v2");
+  int (*shutdown)(void) = (int (*)(void))rd(h, "nvmlShutdown");
+  int (*by_uuid)(const char *, void **) = (int (*)(const char *, void **))rd(h, "nvmlDeviceGetHandleByUUID");
+  int (*cores)(void *, unsigned *) = (int (*)(void *, unsigned *))rd(h, "nvmlDeviceGetNumGpuCores");
+  unsigned n = 0;
+  if (init && by_uuid && cores && init() == 0) {
+    void *dev = NULL;
+    unsigned c = 0;
+    if (by_uuid(uuid, &dev) == 0 && cores(dev, &c) == 0 && c % per == 0) n = c / per;
+    if (shutdown) shutdown();
+  }
+  return n;
+}
+
+static void fail_closed(CUresult rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail_closed(CUresult rc, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  st.mech = MECH_FAILED;
+  st.init_result = rc;
+  fprintf(stderr, "vai_accelerator[%d]: %s; refusing CUDA\n", (int)getpid(), msg);
+}
+
 static void choose_mechanism(void) {
   vai_status *s = &st.status;
   s->limit_pct = vai_cfg.limit_pct;
@@ -443,21 +538,64 @@ static void choose_mechanism(void) {
   CUdevResource res;
   unsigned granule, min_part;
   unsigned res_sms = have_dev ? device_resource(d0, &res, &granule, &min_part) : 0;
-  s->sms_device = res_sms > attr_sms ? res_sms : attr_sms;
+  unsigned driver_sms = res_sms > attr_sms ? res_sms : attr_sms;
+  int mps = have_dev && attr(d0, CU_DEVICE_ATTRIBUTE_MPS_ENABLED);
+  int capped = vai_cfg.limit_pct < 100;
 
-  if (vai_cfg.limit_pct >= 100) {
+  /* The device's own SM count: the plugin's (file/env), else NVML, else the driver's answer
+   * (the whole device without MPS; only the share inside an MPS client). */
+  unsigned dev_sms = 0;
+  const char *src = "driver";
+  if (vai_cfg.device_sms) {
+    dev_sms = vai_cfg.device_sms;
+    src = vai_cfg.device_sms_src;
+  } else if (capped && have_dev) {
+    dev_sms = nvml_device_sms(s->gpu_uuid, attr(d0, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                              attr(d0, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR));
+    if (dev_sms) src = "nvml";
+  }
+  if (!mps && driver_sms && dev_sms != driver_sms) { /* without MPS the driver sees the device */
+    if (dev_sms) vai_log(VAI_LOG_WARN, "VAI_DEVICE_SM_COUNT=%u but the driver reports %u SMs; using %u",
+                         dev_sms, driver_sms, driver_sms);
+    dev_sms = driver_sms;
+    src = "driver";
+  }
+  if (dev_sms < driver_sms) {
+    dev_sms = driver_sms;
+    src = "driver";
+  }
+  s->sms_device = dev_sms;
+  s->sms_device_source = src;
+
+  if (!capped) {
     st.mech = MECH_NONE;
-    s->sms_asked = s->sms_granted = s->sms_device;
+    s->sms_asked = s->sms_granted = driver_sms;
   } else if (!have_dev) {
     st.mech = MECH_NONE; /* nothing to cap; every later context call fails in the driver */
-  } else if (attr(d0, CU_DEVICE_ATTRIBUTE_MPS_ENABLED)) {
+  } else if (vai_cfg.mechanism == VAI_MECH_REQ_MPS && !mps) {
+    fail_closed(CUDA_ERROR_NOT_SUPPORTED,
+                "the limits ask VAI_MECHANISM=mps but this process is not an MPS client (no MPS "
+                "daemon at CUDA_MPS_PIPE_DIRECTORY)");
+  } else if (vai_cfg.mechanism == VAI_MECH_REQ_GREEN && mps) {
+    fail_closed(CUDA_ERROR_NOT_SUPPORTED,
+                "the limits ask VAI_MECHANISM=green but the device is shared through MPS here");
+  } else if (mps) {
     /* The driver applies CUDA_MPS_ACTIVE_THREAD_PERCENTAGE: an MPS client sees only its share
-     * (measured on an H200: 25% -> 32 of 32, 50% -> 66 of 66, both through the attribute and the
-     * device resource), so the share is both what was asked and what was granted, and it is the
-     * affinity given to explicitly created contexts (the full count is the node agent's, via NVML). */
+     * (measured on an H200: 25% -> 32, 50% -> 66, 75% -> 98 of 132, both through the attribute
+     * and the device resource). Read back what it granted: never more than the share. */
     st.mech = MECH_MPS;
-    s->sms_asked = s->sms_granted = attr_sms;
+    unsigned share = strcmp(src, "driver") ? vai_mps_sms(vai_cfg.limit_pct, dev_sms) : attr_sms;
+    s->sms_asked = share;
+    s->sms_granted = attr_sms;
     st.mps_affinity = attr_sms;
+    if (strcmp(src, "driver") == 0)
+      vai_log(VAI_LOG_WARN, "device SM count unknown (no VAI_DEVICE_SM_COUNT, no NVML): cuBLAS is "
+                            "told the share (%u SMs), which gives wrong GEMMs at some shares", attr_sms);
+    if (attr_sms > share || (res_sms && res_sms > share))
+      fail_closed(CUDA_ERROR_NOT_PERMITTED,
+                  "MPS granted %u SMs (device resource %u), more than the %u of BLESS_LIMIT_PCT=%d "
+                  "on this %u-SM GPU",
+                  attr_sms, res_sms, share, vai_cfg.limit_pct, dev_sms);
   } else {
     pthread_mutex_lock(&st_mu);
     devstate *ds = plan_device(d0);
@@ -467,18 +605,18 @@ static void choose_mechanism(void) {
       s->sms_asked = ds->want;
       s->sms_granted = ds->granted;
     } else {
-      st.mech = MECH_FAILED;
-      st.init_result = CUDA_ERROR_NOT_SUPPORTED;
-      fprintf(stderr,
-              "vai_accelerator[%d]: cannot enforce BLESS_LIMIT_PCT=%d: no MPS daemon reachable "
-              "and this driver has no green contexts; refusing CUDA\n",
-              (int)getpid(), vai_cfg.limit_pct);
+      fail_closed(CUDA_ERROR_NOT_SUPPORTED,
+                  "cannot enforce BLESS_LIMIT_PCT=%d: no MPS daemon reachable and this driver has "
+                  "no green contexts",
+                  vai_cfg.limit_pct);
     }
   }
   s->mechanism = mech_names[st.mech];
   st.initialized = 1;
-  vai_log(VAI_LOG_INFO, "mechanism=%s limit_pct=%d sms asked=%u granted=%u of %u gpu=%s",
-          s->mechanism, s->limit_pct, s->sms_asked, s->sms_granted, s->sms_device, s->gpu_uuid);
+  vai_log(VAI_LOG_INFO,
+          "mechanism=%s limit_pct=%d sms asked=%u granted=%u of %u (%s) gpu=%s limits=%s",
+          s->mechanism, s->limit_pct, s->sms_asked, s->sms_granted, s->sms_device, src,
+          s->gpu_uuid, vai_cfg.limits_path[0] ? vai_cfg.limits_path : "-");
   vai_status_write(s, "init");
 }
 
@@ -564,18 +702,114 @@ VAI_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version
   return r;
 }
 
-VAI_EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute a, CUdevice d) {
+/* The SM count is answered per caller (sm_caller.c): the device's count to cuBLAS/cuBLASLt, whose
+ * kernel choice returns wrong products for many shares when told the share; the SMs the process
+ * runs on to everyone else (green: the granted SMs; MPS: the driver's own answer), so that grids
+ * sized from it (cooperative launches) fit. VAI_SM_ATTRIBUTE=granted|device forces one answer.
+ * noinline: the return address must be our caller's. */
+__attribute__((noinline)) VAI_EXPORT CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute a,
+                                                                    CUdevice d) {
+  void *caller = __builtin_return_address(0);
   COUNT(CNT_ATTR);
   if (!ensure_loaded() || !real.cuDeviceGetAttribute) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuDeviceGetAttribute(pi, a, d);
-  if (r == CUDA_SUCCESS && st.mech == MECH_GREEN && a == CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT &&
-      !vai_cfg.sm_attribute_device) {
-    pthread_mutex_lock(&st_mu);
-    devstate *ds = plan_device(d);
-    if (ds) *pi = (int)ds->granted; /* VAI_SM_ATTRIBUTE=granted: grids sized for the share */
-    pthread_mutex_unlock(&st_mu);
+  if (r != CUDA_SUCCESS || !pi || a != CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) return r;
+  if (st.mech != MECH_GREEN && st.mech != MECH_MPS) return r;
+  int mode = vai_cfg.sm_attribute;
+  int device = mode == VAI_SMATTR_DEVICE || (mode == VAI_SMATTR_AUTO && vai_caller_is_blas(caller));
+  if (device) {
+    if (st.status.sms_device > (unsigned)*pi) *pi = (int)st.status.sms_device;
+    __atomic_fetch_add(&st.status.attr_told_device, 1, __ATOMIC_RELAXED);
+  } else {
+    if (st.mech == MECH_GREEN) {
+      pthread_mutex_lock(&st_mu);
+      devstate *ds = plan_device(d);
+      if (ds) *pi = (int)ds->granted;
+      pthread_mutex_unlock(&st_mu);
+    }
+    __atomic_fetch_add(&st.status.attr_told_share, 1, __ATOMIC_RELAXED);
   }
   return r;
+}
+
+/* ---- hooks: green contexts made by the program itself ----------------------------------------- */
+
+/* The most SMs one context of this process may have: the share. 0 = no cap. */
+static unsigned share_cap(CUdevice d) {
+  if (st.mech == MECH_MPS) return st.status.sms_granted;
+  if (st.mech != MECH_GREEN) return 0;
+  pthread_mutex_lock(&st_mu);
+  devstate *ds = plan_device(d);
+  unsigned v = ds ? ds->granted : 1;
+  pthread_mutex_unlock(&st_mu);
+  return v;
+}
+
+/* Caps an SM resource handed to the program to the share's split (the driver's internal SM set
+ * is in the opaque part of CUdevResource: a smaller smCount alone would not do). */
+static void cap_resource(CUdevice d, CUdevResource *res) {
+  if (st.mech != MECH_GREEN || !res || res->type != CU_DEV_RESOURCE_TYPE_SM) return;
+  pthread_mutex_lock(&st_mu);
+  devstate *ds = plan_device(d);
+  if (ds && res->sm.smCount > ds->granted) *res = ds->split;
+  pthread_mutex_unlock(&st_mu);
+}
+
+VAI_EXPORT CUresult cuDeviceGetDevResource(CUdevice d, CUdevResource *res, CUdevResourceType t) {
+  if (!ensure_loaded() || !real.cuDeviceGetDevResource) return CUDA_ERROR_NOT_INITIALIZED;
+  if (st.mech == MECH_FAILED) return st.init_result;
+  CUresult r = real.cuDeviceGetDevResource(d, res, t);
+  if (r == CUDA_SUCCESS && t == CU_DEV_RESOURCE_TYPE_SM) cap_resource(d, res);
+  return r;
+}
+
+VAI_EXPORT CUresult cuCtxGetDevResource(CUcontext c, CUdevResource *res, CUdevResourceType t) {
+  if (!ensure_loaded() || !real.cuCtxGetDevResource) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuCtxGetDevResource(c, res, t);
+  if (r == CUDA_SUCCESS && t == CU_DEV_RESOURCE_TYPE_SM) cap_resource(0, res);
+  return r;
+}
+
+/* Reads back the SMs of a green context; 0 when within the share, else an error (logged). */
+static CUresult check_green(CUgreenCtx g, CUdevice d, const char *what) {
+  unsigned cap = share_cap(d);
+  if (!cap) return CUDA_SUCCESS;
+  CUdevResource r;
+  memset(&r, 0, sizeof r);
+  if (!real.cuGreenCtxGetDevResource ||
+      real.cuGreenCtxGetDevResource(g, &r, CU_DEV_RESOURCE_TYPE_SM) != CUDA_SUCCESS) {
+    fprintf(stderr, "vai_accelerator[%d]: %s: cannot read back the green context's SMs; refusing it\n",
+            (int)getpid(), what);
+    return CUDA_ERROR_NOT_PERMITTED;
+  }
+  if (r.sm.smCount > cap) {
+    fprintf(stderr,
+            "vai_accelerator[%d]: %s: a green context of %u SMs exceeds this process's share of %u "
+            "(BLESS_LIMIT_PCT=%d); refusing it\n",
+            (int)getpid(), what, r.sm.smCount, cap, vai_cfg.limit_pct);
+    return CUDA_ERROR_NOT_PERMITTED;
+  }
+  return CUDA_SUCCESS;
+}
+
+VAI_EXPORT CUresult cuGreenCtxCreate(CUgreenCtx *g, CUdevResourceDesc desc, CUdevice d, unsigned flags) {
+  if (!ensure_loaded() || !real.cuGreenCtxCreate) return CUDA_ERROR_NOT_INITIALIZED;
+  if (st.mech == MECH_FAILED) return st.init_result;
+  CUresult r = real.cuGreenCtxCreate(g, desc, d, flags);
+  if (r != CUDA_SUCCESS || !g) return r;
+  CUresult c = check_green(*g, d, "cuGreenCtxCreate");
+  if (c != CUDA_SUCCESS) {
+    if (real.cuGreenCtxDestroy) real.cuGreenCtxDestroy(*g);
+    *g = NULL;
+  }
+  return c;
+}
+
+VAI_EXPORT CUresult cuCtxFromGreenCtx(CUcontext *pc, CUgreenCtx g) {
+  if (!ensure_loaded() || !real.cuCtxFromGreenCtx) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult c = g ? check_green(g, 0, "cuCtxFromGreenCtx") : CUDA_SUCCESS;
+  if (c != CUDA_SUCCESS) return c;
+  return real.cuCtxFromGreenCtx(pc, g);
 }
 
 /* ---- hooks: contexts --------------------------------------------------------------------------- */
@@ -821,7 +1055,8 @@ static CUresult mps_explicit(CUcontext *pctx, const CUexecAffinityParam *params,
   } else {
     return CUDA_ERROR_NOT_SUPPORTED;
   }
-  if (r == CUDA_SUCCESS && real.cuCtxGetExecAffinity && vai_cfg.log_level >= VAI_LOG_INFO) {
+  if (r == CUDA_SUCCESS && real.cuCtxGetExecAffinity) {
+    /* Read back what the driver granted the new (current) context: fail closed above the share. */
     CUexecAffinityParam got;
     memset(&got, 0, sizeof got);
     CUresult g = real.cuCtxGetExecAffinity(&got, CU_EXEC_AFFINITY_TYPE_SM_COUNT);
@@ -829,6 +1064,15 @@ static CUresult mps_explicit(CUcontext *pctx, const CUexecAffinityParam *params,
             "explicit context under MPS: caller affinity %u, passed %u (share %u); driver reports "
             "%u (rc %d)",
             caller, keep ? caller : 0, share, got.param.smCount.val, g);
+    if (g == CUDA_SUCCESS && share && got.param.smCount.val > share) {
+      fprintf(stderr,
+              "vai_accelerator[%d]: the driver gave an explicit context %u SMs, more than the share "
+              "of %u; refusing it\n",
+              (int)getpid(), got.param.smCount.val, share);
+      if (real.cuCtxDestroy_v2 && pctx && *pctx) real.cuCtxDestroy_v2(*pctx);
+      if (pctx) *pctx = NULL;
+      return CUDA_ERROR_NOT_PERMITTED;
+    }
   }
   return r;
 }
@@ -923,17 +1167,191 @@ static int current_device(void) {
   return d;
 }
 
+/* ---- stream-ordered frees: credited once they have executed -------------------------------- */
+
+/* cuMemFreeAsync returns at once; the memory is freed when the stream reaches the free. Each such
+ * free records an event after it and is credited when the event has completed: polled at every
+ * allocation, and waited for when an allocation would otherwise not fit. */
+#define VAI_MAX_PENDING 4096
+typedef struct {
+  unsigned long long key, gen;
+  CUevent ev;
+} pending_entry;
+static pending_entry pending[VAI_MAX_PENDING];
+static int n_pending;
+static CUevent spare_ev[64];
+static int n_spare;
+static pthread_mutex_t pend_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static CUevent take_event(void) {
+  CUevent e = NULL;
+  pthread_mutex_lock(&pend_mu);
+  if (n_spare) e = spare_ev[--n_spare];
+  pthread_mutex_unlock(&pend_mu);
+  if (!e && real.cuEventCreate && real.cuEventCreate(&e, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) e = NULL;
+  return e;
+}
+
+static void give_event(CUevent e) {
+  pthread_mutex_lock(&pend_mu);
+  if (n_spare < 64) {
+    spare_ev[n_spare++] = e;
+    e = NULL;
+  }
+  pthread_mutex_unlock(&pend_mu);
+  if (e && real.cuEventDestroy_v2) real.cuEventDestroy_v2(e);
+}
+
+/* Credits every pending free whose event completed; with wait, waits for them in order until
+ * `need` bytes fit the quota (or none is left). Returns the number still pending. */
+static int settle_frees(int wait, unsigned long long need) {
+  for (;;) {
+    unsigned long long key = 0, gen = 0;
+    CUevent ev = NULL;
+    int found = 0, left;
+    pthread_mutex_lock(&pend_mu);
+    for (int i = 0; i < n_pending && !found; i++) {
+      CUresult q = real.cuEventQuery ? real.cuEventQuery(pending[i].ev) : CUDA_SUCCESS;
+      if (q == CUDA_ERROR_NOT_READY && !(wait && i == 0)) continue;
+      key = pending[i].key;
+      gen = pending[i].gen;
+      ev = pending[i].ev;
+      if (q == CUDA_ERROR_NOT_READY) found = 2; /* the oldest, to wait for */
+      else found = 1;
+      pending[i] = pending[--n_pending];
+    }
+    left = n_pending;
+    pthread_mutex_unlock(&pend_mu);
+    if (!found) return left;
+    if (found == 2 && real.cuEventSynchronize) real.cuEventSynchronize(ev);
+    vai_mem_release_if(VAI_MEM_PTR, key, gen);
+    give_event(ev);
+    if (wait && found == 2) {
+      unsigned long long used = 0, lim = vai_cfg.memory_limit;
+      vai_mem_stats(&used, NULL);
+      if (!lim || (need <= lim && used <= lim - need)) return left;
+    }
+  }
+}
+
+static void pending_free(unsigned long long key, unsigned long long gen, CUstream s) {
+  int capturing = 0;
+  if (real.cuStreamIsCapturing && real.cuStreamIsCapturing(s, &capturing) == CUDA_SUCCESS &&
+      capturing != CU_STREAM_CAPTURE_STATUS_NONE) {
+    /* A free captured into a graph happens whenever the graph runs: keep it charged. */
+    vai_log(VAI_LOG_DEBUG, "cuMemFreeAsync during stream capture: not credited");
+    return;
+  }
+  CUevent ev = take_event();
+  if (ev && real.cuEventRecord(ev, s) == CUDA_SUCCESS) {
+    int full = 0;
+    pthread_mutex_lock(&pend_mu);
+    if (n_pending < VAI_MAX_PENDING)
+      pending[n_pending++] = (pending_entry){key, gen, ev};
+    else
+      full = 1;
+    pthread_mutex_unlock(&pend_mu);
+    if (!full) return;
+    real.cuEventSynchronize(ev);
+    give_event(ev);
+  } else {
+    if (ev) give_event(ev);
+    if (real.cuStreamSynchronize) real.cuStreamSynchronize(s); /* no event: wait for the free */
+  }
+  vai_mem_release_if(VAI_MEM_PTR, key, gen);
+}
+
+/* ---- memory pools: what they reserve for reuse counts too -------------------------------------- */
+
+static struct {
+  CUmemoryPool pool;
+  unsigned long long reserved; /* last read of CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT */
+} pools[VAI_MAX_POOLS];
+static int n_pools;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int pool_index(CUmemoryPool p) {
+  int idx = -1;
+  if (!p) return -1;
+  pthread_mutex_lock(&pool_mu);
+  for (int i = 0; i < n_pools && idx < 0; i++)
+    if (pools[i].pool == p) idx = i;
+  if (idx < 0 && n_pools < VAI_MAX_POOLS) {
+    idx = n_pools++;
+    pools[idx].pool = p;
+    pools[idx].reserved = 0;
+  }
+  pthread_mutex_unlock(&pool_mu);
+  return idx;
+}
+
+/* Re-reads every pool's reservation and sets the excess over its live allocations. An allocation
+ * of n bytes about to be served by pool number `from` will use that pool's spare first: so much
+ * of the spare is not counted twice. */
+static void refresh_pools_for(int from, unsigned long long n) {
+  if (!vai_cfg.memory_limit || !real.cuMemPoolGetAttribute) return;
+  unsigned long long excess = 0;
+  pthread_mutex_lock(&pool_mu);
+  for (int i = 0; i < n_pools; i++) {
+    cuuint64_t v = 0;
+    if (pools[i].pool &&
+        real.cuMemPoolGetAttribute(pools[i].pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &v) == CUDA_SUCCESS)
+      pools[i].reserved = v;
+    unsigned long long live = vai_mem_pool_live(i);
+    if (pools[i].pool && pools[i].reserved > live) {
+      unsigned long long spare = pools[i].reserved - live;
+      if (i == from) spare -= spare < n ? spare : n;
+      excess += spare;
+    }
+  }
+  pthread_mutex_unlock(&pool_mu);
+  vai_mem_set_pool_excess(excess);
+}
+
+static void refresh_pools(void) { refresh_pools_for(-1, 0); }
+
+/* Gives back what the pools hold beyond their live allocations (when the quota needs it). */
+static void trim_pools(void) {
+  if (!real.cuMemPoolTrimTo) return;
+  pthread_mutex_lock(&pool_mu);
+  for (int i = 0; i < n_pools; i++)
+    if (pools[i].pool) real.cuMemPoolTrimTo(pools[i].pool, 0);
+  pthread_mutex_unlock(&pool_mu);
+  refresh_pools();
+}
+
+/* Reserve n bytes against the quota, making room first where the process itself holds some:
+ * executed stream-ordered frees, then pools' spare reservations, then waiting for pending frees. */
+static int reserve_from(unsigned long long n, int pool) {
+  if (n_pending) settle_frees(0, 0);
+  if (n_pools) refresh_pools_for(pool, n); /* pools change what they hold at every sync */
+  if (vai_mem_reserve(n) == 0) return 0;
+  if (n_pools) {
+    trim_pools();
+    if (vai_mem_reserve(n) == 0) return 0;
+  }
+  while (n_pending) {
+    settle_frees(1, n);
+    if (n_pools) refresh_pools_for(pool, n);
+    if (vai_mem_reserve(n) == 0) return 0;
+    if (n_pools) trim_pools();
+    if (vai_mem_reserve(n) == 0) return 0;
+  }
+  vai_log(VAI_LOG_INFO, "quota: %llu bytes refused (limit %llu)", n, vai_cfg.memory_limit);
+  return -1;
+}
+
+static int reserve(unsigned long long n) { return reserve_from(n, -1); }
+
 /* Reserve, call, then commit or give back: the quota is checked before the driver is asked. */
-#define ALLOC_BODY(call, dptr, bytes)                                                             \
+#define ALLOC_BODY(call, dptr, bytes, pool)                                                       \
   do {                                                                                            \
     unsigned long long n_ = (bytes);                                                              \
-    if (vai_mem_reserve(n_) != 0) {                                                               \
-      vai_log(VAI_LOG_INFO, "quota: %llu bytes refused (limit %llu)", n_, vai_cfg.memory_limit); \
-      return CUDA_ERROR_OUT_OF_MEMORY;                                                            \
-    }                                                                                             \
+    if (reserve_from(n_, (pool)) != 0) return CUDA_ERROR_OUT_OF_MEMORY;                           \
     CUresult r_ = (call);                                                                         \
     if (r_ == CUDA_SUCCESS && (dptr)) {                                                           \
-      vai_mem_commit(VAI_MEM_PTR, *(dptr), n_, current_device());                                 \
+      vai_mem_commit_pool(VAI_MEM_PTR, *(dptr), n_, current_device(), (pool));                    \
+      if ((pool) >= 0) refresh_pools();                                                           \
       maybe_status_peak();                                                                        \
     } else {                                                                                      \
       vai_mem_unreserve(n_);                                                                      \
@@ -941,36 +1359,93 @@ static int current_device(void) {
     return r_;                                                                                    \
   } while (0)
 
-VAI_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t n) {
-  if (!ensure_loaded() || !real.cuMemAlloc_v2) return CUDA_ERROR_NOT_INITIALIZED;
-  ALLOC_BODY(real.cuMemAlloc_v2(dptr, n), dptr, n);
+/* The pool cuMemAllocAsync draws from: the current pool of the context's device. */
+static int default_pool(void) {
+  CUmemoryPool p = NULL;
+  int d = current_device();
+  if (d < 0 || !real.cuDeviceGetMemPool || real.cuDeviceGetMemPool(&p, d) != CUDA_SUCCESS) return -1;
+  return pool_index(p);
 }
 
+VAI_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t n) {
+  if (!ensure_loaded() || !real.cuMemAlloc_v2) return CUDA_ERROR_NOT_INITIALIZED;
+  ALLOC_BODY(real.cuMemAlloc_v2(dptr, n), dptr, n, -1);
+}
+
+/* The pre-3.2 ABI: 32-bit pointer and size. */
+VAI_EXPORT CUresult cuMemAlloc(unsigned *dptr, unsigned n) {
+  if (!ensure_loaded() || !real.cuMemAlloc) return CUDA_ERROR_NOT_INITIALIZED;
+  unsigned long long n_ = n;
+  if (reserve(n_) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult r = real.cuMemAlloc(dptr, n);
+  if (r == CUDA_SUCCESS && dptr)
+    vai_mem_commit(VAI_MEM_PTR, *dptr, n_, current_device());
+  else
+    vai_mem_unreserve(n_);
+  return r;
+}
+
+/* Managed memory can all migrate to the GPU: it counts against the quota like device memory. */
 VAI_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t n, unsigned flags) {
   if (!ensure_loaded() || !real.cuMemAllocManaged) return CUDA_ERROR_NOT_INITIALIZED;
-  ALLOC_BODY(real.cuMemAllocManaged(dptr, n, flags), dptr, n);
+  ALLOC_BODY(real.cuMemAllocManaged(dptr, n, flags), dptr, n, -1);
 }
 
 VAI_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t n, CUstream s) {
   if (!ensure_loaded() || !real.cuMemAllocAsync) return CUDA_ERROR_NOT_INITIALIZED;
-  ALLOC_BODY(real.cuMemAllocAsync(dptr, n, s), dptr, n);
+  int pool = vai_cfg.memory_limit ? default_pool() : -1;
+  ALLOC_BODY(real.cuMemAllocAsync(dptr, n, s), dptr, n, pool);
 }
 
 VAI_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t n, CUstream s) {
   if (!ensure_loaded() || !real.cuMemAllocAsync_ptsz) return CUDA_ERROR_NOT_INITIALIZED;
-  ALLOC_BODY(real.cuMemAllocAsync_ptsz(dptr, n, s), dptr, n);
+  int pool = vai_cfg.memory_limit ? default_pool() : -1;
+  ALLOC_BODY(real.cuMemAllocAsync_ptsz(dptr, n, s), dptr, n, pool);
 }
 
 VAI_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t n, CUmemoryPool p,
                                             CUstream s) {
   if (!ensure_loaded() || !real.cuMemAllocFromPoolAsync) return CUDA_ERROR_NOT_INITIALIZED;
-  ALLOC_BODY(real.cuMemAllocFromPoolAsync(dptr, n, p, s), dptr, n);
+  int pool = vai_cfg.memory_limit ? pool_index(p) : -1;
+  ALLOC_BODY(real.cuMemAllocFromPoolAsync(dptr, n, p, s), dptr, n, pool);
 }
 
 VAI_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t n, CUmemoryPool p,
                                                  CUstream s) {
   if (!ensure_loaded() || !real.cuMemAllocFromPoolAsync_ptsz) return CUDA_ERROR_NOT_INITIALIZED;
-  ALLOC_BODY(real.cuMemAllocFromPoolAsync_ptsz(dptr, n, p, s), dptr, n);
+  int pool = vai_cfg.memory_limit ? pool_index(p) : -1;
+  ALLOC_BODY(real.cuMemAllocFromPoolAsync_ptsz(dptr, n, p, s), dptr, n, pool);
+}
+
+VAI_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *p, const void *props) {
+  if (!ensure_loaded() || !real.cuMemPoolCreate) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemPoolCreate(p, props);
+  if (r == CUDA_SUCCESS && p && vai_cfg.memory_limit) pool_index(*p);
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool p) {
+  if (!ensure_loaded() || !real.cuMemPoolDestroy) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemPoolDestroy(p);
+  if (r == CUDA_SUCCESS) {
+    /* Its spare reservation goes; live allocations stay charged until they are freed. */
+    pthread_mutex_lock(&pool_mu);
+    for (int i = 0; i < n_pools; i++)
+      if (pools[i].pool == p) {
+        pools[i].pool = NULL;
+        pools[i].reserved = 0;
+      }
+    pthread_mutex_unlock(&pool_mu);
+    refresh_pools();
+  }
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool p, size_t keep) {
+  if (!ensure_loaded() || !real.cuMemPoolTrimTo) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemPoolTrimTo(p, keep);
+  if (r == CUDA_SUCCESS && n_pools) refresh_pools();
+  return r;
 }
 
 VAI_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t width,
@@ -978,7 +1453,7 @@ VAI_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t 
   if (!ensure_loaded() || !real.cuMemAllocPitch_v2) return CUDA_ERROR_NOT_INITIALIZED;
   /* The pitch is known only afterwards: reserve the lower bound, then settle the padding. */
   unsigned long long lower = (unsigned long long)width * height;
-  if (vai_mem_reserve(lower) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (reserve(lower) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
   CUresult r = real.cuMemAllocPitch_v2(dptr, pitch, width, height, elem);
   if (r != CUDA_SUCCESS || !dptr || !pitch) {
     vai_mem_unreserve(lower);
@@ -995,10 +1470,33 @@ VAI_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t 
   return r;
 }
 
+VAI_EXPORT CUresult cuMemAllocPitch(unsigned *dptr, unsigned *pitch, unsigned width,
+                                    unsigned height, unsigned elem) {
+  if (!ensure_loaded() || !real.cuMemAllocPitch) return CUDA_ERROR_NOT_INITIALIZED;
+  unsigned long long lower = (unsigned long long)width * height;
+  if (reserve(lower) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  CUresult r = real.cuMemAllocPitch(dptr, pitch, width, height, elem);
+  if (r != CUDA_SUCCESS || !dptr || !pitch) {
+    vai_mem_unreserve(lower);
+    return r;
+  }
+  unsigned long long total = (unsigned long long)*pitch * height;
+  if (total > lower && vai_mem_reserve(total - lower) != 0) {
+    if (real.cuMemFree) real.cuMemFree(*dptr);
+    vai_mem_unreserve(lower);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  vai_mem_commit(VAI_MEM_PTR, *dptr, total > lower ? total : lower, current_device());
+  return r;
+}
+
+/* VMM: physical memory counts from cuMemCreate until the handle is released AND every mapping
+ * of it is unmapped (the driver keeps mapped memory alive after cuMemRelease, and CUDA documents
+ * create / map / release as the way to build an allocator). */
 VAI_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n,
                                 const CUmemAllocationProp *prop, unsigned long long flags) {
   if (!ensure_loaded() || !real.cuMemCreate) return CUDA_ERROR_NOT_INITIALIZED;
-  if (vai_mem_reserve(n) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  if (reserve(n) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
   CUresult r = real.cuMemCreate(h, n, prop, flags);
   if (r == CUDA_SUCCESS && h) {
     vai_mem_commit(VAI_MEM_HANDLE, *h, n, current_device());
@@ -1006,6 +1504,35 @@ VAI_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n,
   } else {
     vai_mem_unreserve(n);
   }
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
+  if (!ensure_loaded() || !real.cuMemRelease) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemRelease(h);
+  if (r == CUDA_SUCCESS) vai_mem_vmm_release(h);
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemMap(CUdeviceptr va, size_t size, size_t offset,
+                             CUmemGenericAllocationHandle h, unsigned long long flags) {
+  if (!ensure_loaded() || !real.cuMemMap) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemMap(va, size, offset, h, flags);
+  if (r == CUDA_SUCCESS) vai_mem_vmm_map(va, size, h);
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemUnmap(CUdeviceptr va, size_t size) {
+  if (!ensure_loaded() || !real.cuMemUnmap) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemUnmap(va, size);
+  if (r == CUDA_SUCCESS) vai_mem_vmm_unmap(va, size);
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *h, void *addr) {
+  if (!ensure_loaded() || !real.cuMemRetainAllocationHandle) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemRetainAllocationHandle(h, addr);
+  if (r == CUDA_SUCCESS && h) vai_mem_vmm_retain(*h, (unsigned long long)(uintptr_t)addr);
   return r;
 }
 
@@ -1020,35 +1547,63 @@ VAI_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t n,
     return r_;                                                                                    \
   } while (0)
 
-VAI_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
-  if (!ensure_loaded() || !real.cuMemRelease) return CUDA_ERROR_NOT_INITIALIZED;
-  FREE_BODY(VAI_MEM_HANDLE, h, real.cuMemRelease(h));
-}
-
 VAI_EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
   if (!ensure_loaded() || !real.cuMemFree_v2) return CUDA_ERROR_NOT_INITIALIZED;
   FREE_BODY(VAI_MEM_PTR, p, real.cuMemFree_v2(p));
 }
 
+VAI_EXPORT CUresult cuMemFree(unsigned p) {
+  if (!ensure_loaded() || !real.cuMemFree) return CUDA_ERROR_NOT_INITIALIZED;
+  FREE_BODY(VAI_MEM_PTR, p, real.cuMemFree(p));
+}
+
+static CUresult free_async(CUresult (*fn)(CUdeviceptr, CUstream), CUdeviceptr p, CUstream s) {
+  unsigned long long g = vai_mem_generation(VAI_MEM_PTR, p);
+  CUresult r = fn(p, s);
+  if (r == CUDA_SUCCESS && g) pending_free(p, g, s);
+  return r;
+}
+
 VAI_EXPORT CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
   if (!ensure_loaded() || !real.cuMemFreeAsync) return CUDA_ERROR_NOT_INITIALIZED;
-  FREE_BODY(VAI_MEM_PTR, p, real.cuMemFreeAsync(p, s));
+  return free_async(real.cuMemFreeAsync, p, s);
 }
 
 VAI_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) {
   if (!ensure_loaded() || !real.cuMemFreeAsync_ptsz) return CUDA_ERROR_NOT_INITIALIZED;
-  FREE_BODY(VAI_MEM_PTR, p, real.cuMemFreeAsync_ptsz(p, s));
+  return free_async(real.cuMemFreeAsync_ptsz, p, s);
+}
+
+static void quota_info(unsigned long long *free_b, unsigned long long *total_b) {
+  unsigned long long lim = vai_cfg.memory_limit;
+  if (!lim) return;
+  if (n_pending) settle_frees(0, 0);
+  if (n_pools) refresh_pools();
+  unsigned long long used = 0;
+  vai_mem_stats(&used, NULL);
+  unsigned long long left = used < lim ? lim - used : 0;
+  if (*total_b > lim) *total_b = lim;
+  if (*free_b > left) *free_b = left;
 }
 
 VAI_EXPORT CUresult cuMemGetInfo_v2(size_t *free_b, size_t *total_b) {
   if (!ensure_loaded() || !real.cuMemGetInfo_v2) return CUDA_ERROR_NOT_INITIALIZED;
   CUresult r = real.cuMemGetInfo_v2(free_b, total_b);
-  unsigned long long lim = vai_cfg.memory_limit;
-  if (r != CUDA_SUCCESS || !lim) return r;
-  unsigned long long used = 0;
-  vai_mem_stats(&used, NULL);
-  unsigned long long left = used < lim ? lim - used : 0;
-  if (total_b && *total_b > lim) *total_b = (size_t)lim;
-  if (free_b && *free_b > left) *free_b = (size_t)left;
+  if (r != CUDA_SUCCESS || !free_b || !total_b) return r;
+  unsigned long long f = *free_b, t = *total_b;
+  quota_info(&f, &t);
+  *free_b = (size_t)f;
+  *total_b = (size_t)t;
+  return r;
+}
+
+VAI_EXPORT CUresult cuMemGetInfo(unsigned *free_b, unsigned *total_b) {
+  if (!ensure_loaded() || !real.cuMemGetInfo) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult r = real.cuMemGetInfo(free_b, total_b);
+  if (r != CUDA_SUCCESS || !free_b || !total_b) return r;
+  unsigned long long f = *free_b, t = *total_b;
+  quota_info(&f, &t);
+  *free_b = (unsigned)f;
+  *total_b = (unsigned)t;
   return r;
 }

@@ -22,22 +22,32 @@ VAI_HIDDEN int vai_status_format(char *buf, size_t len, const vai_status *s, con
     if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '_';
   for (char *p = pod; *p; p++)
     if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '_';
+  char limits[256];
+  snprintf(limits, sizeof limits, "%.255s", vai_cfg.limits_path);
+  for (char *p = limits; *p; p++)
+    if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '_';
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return snprintf(buf, len,
                   "{\"pid\":%d,\"hostname\":\"%s\",\"pod\":\"%s\",\"gpu_uuid\":\"%s\",\"mechanism\":\"%s\","
                   "\"limit_pct\":%d,\"sms_device\":%u,\"sms_asked\":%u,\"sms_granted\":%u,"
+                  "\"sms_device_source\":\"%s\",\"sm_attribute\":\"%s\","
+                  "\"attr_told_device\":%lu,\"attr_told_share\":%lu,"
                   "\"memory_limit\":%llu,\"memory_used\":%llu,\"memory_peak\":%llu,"
-                  "\"phase\":\"%s\",\"time\":%lld.%03ld}\n",
+                  "\"limits_file\":\"%s\",\"phase\":\"%s\",\"time\":%lld.%03ld}\n",
                   (int)getpid(), host, pod, s->gpu_uuid, s->mechanism ? s->mechanism : "none",
                   s->limit_pct, s->sms_device, s->sms_asked, s->sms_granted,
-                  vai_cfg.memory_limit, used, peak, phase, (long long)ts.tv_sec,
-                  ts.tv_nsec / 1000000);
+                  s->sms_device_source ? s->sms_device_source : "driver",
+                  vai_cfg.sm_attribute == VAI_SMATTR_GRANTED  ? "granted"
+                  : vai_cfg.sm_attribute == VAI_SMATTR_DEVICE ? "device"
+                                                              : "auto",
+                  s->attr_told_device, s->attr_told_share, vai_cfg.memory_limit, used, peak,
+                  limits, phase, (long long)ts.tv_sec, ts.tv_nsec / 1000000);
 }
 
 VAI_HIDDEN void vai_status_write(const vai_status *s, const char *phase) {
   if (!vai_cfg.status_dir[0]) return;
-  char line[1024], path[1200], tmp[1250];
+  char line[1536], path[1200], tmp[1250];
   int n = vai_status_format(line, sizeof line, s, phase);
   if (n <= 0 || (size_t)n >= sizeof line) return;
   snprintf(path, sizeof path, "%s/vai-%d.json", vai_cfg.status_dir, (int)getpid());

@@ -28,6 +28,7 @@ enum {
   CUDA_ERROR_INVALID_CONTEXT = 201,
   CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY = 224,
   CUDA_ERROR_NOT_FOUND = 500,
+  CUDA_ERROR_NOT_READY = 600,
   CUDA_ERROR_NOT_PERMITTED = 800,
   CUDA_ERROR_NOT_SUPPORTED = 801,
 };
@@ -39,6 +40,7 @@ typedef unsigned long long CUmemGenericAllocationHandle;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUgreenCtx_st *CUgreenCtx;
 typedef struct CUstream_st *CUstream;
+typedef struct CUevent_st *CUevent;
 typedef struct CUmemPoolHandle_st *CUmemoryPool;
 typedef struct CUdevResourceDesc_st *CUdevResourceDesc;
 typedef struct CUmemAllocationProp_st CUmemAllocationProp; /* opaque: passed through */
@@ -50,8 +52,19 @@ typedef struct CUuuid_st {
 typedef int CUdevice_attribute;
 enum {
   CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
+  CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75,
+  CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76,
   CU_DEVICE_ATTRIBUTE_MPS_ENABLED = 133,
 };
+
+/* Events (cuEventCreate flags) and memory-pool attributes (cuMemPoolGetAttribute). */
+enum { CU_EVENT_DISABLE_TIMING = 0x2 };
+enum {
+  CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4,
+  CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT = 5,
+  CU_MEMPOOL_ATTR_USED_MEM_CURRENT = 7,
+};
+enum { CU_STREAM_CAPTURE_STATUS_NONE = 0 };
 
 /* cuGetProcAddress flags and results. */
 enum {

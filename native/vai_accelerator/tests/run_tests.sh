@@ -64,7 +64,11 @@ expect_err bad-status-dir-message "VAI_STATUS_DIR.*absolute"
 t bad-log-level 0 VAI_LOG_LEVEL=loud EXPECT_RC=800 "$C" init
 expect_err bad-log-level-message "VAI_LOG_LEVEL"
 t bad-sm-attribute 0 VAI_SM_ATTRIBUTE=all EXPECT_RC=800 "$C" init
-expect_err bad-sm-attribute-message "VAI_SM_ATTRIBUTE.*granted or device"
+expect_err bad-sm-attribute-message "VAI_SM_ATTRIBUTE.*auto, granted or device"
+t bad-device-sms 0 VAI_DEVICE_SM_COUNT=lots EXPECT_RC=800 "$C" init
+expect_err bad-device-sms-message "VAI_DEVICE_SM_COUNT.*1-4096"
+t bad-mechanism 0 VAI_MECHANISM=mig EXPECT_RC=800 "$C" init
+expect_err bad-mechanism-message "VAI_MECHANISM.*mps, green or auto"
 for v in 1 50 99 100; do t "good-pct[$v]" 0 "BLESS_LIMIT_PCT=$v" EXPECT_RC=0 "$C" init; done
 # A process that never touches CUDA is unaffected, even with a bad configuration.
 t non-cuda-process 0 BLESS_LIMIT_PCT=abc sh -c 'echo hello'
@@ -112,6 +116,89 @@ expect_file status-line-mps "${f:-missing}" '"mechanism":"mps"' '"sms_granted":6
 t memory-driver-refusal 0 VAI_MEMORY_LIMIT=1Gi FAKE_CUDA_MEM_TOTAL=805306368 "$C" driver_oom
 
 t memory-threads 0 VAI_MEMORY_LIMIT=64Mi FAKE_CUDA_SLOW_FREE=1 "$C" threads
+
+# ---- The SM count, per caller: cuBLAS the device's, everyone else the share (issue 11) ----
+CD="CALLERS_DIR=$B/callers"
+t callers-green 0 BLESS_LIMIT_PCT=50 "$CD" EXPECT_SHARE=64 EXPECT_BLAS=132 "$C" callers
+t callers-mps-env 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_DEVICE_SM_COUNT=132 "$CD" EXPECT_SHARE=66 \
+  EXPECT_BLAS=132 "$C" callers
+t callers-mps-25 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=25 VAI_DEVICE_SM_COUNT=132 "$CD" EXPECT_SHARE=32 \
+  EXPECT_BLAS=132 "$C" callers
+# No VAI_DEVICE_SM_COUNT: NVML in the process (16896 cores / 128 per SM on 9.0 = 132).
+t callers-mps-nvml 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=75 LD_LIBRARY_PATH="$FAKE:$B/fake-nvml" "$CD" \
+  EXPECT_SHARE=98 EXPECT_BLAS=132 "$C" callers
+t callers-mps-nvml-cores 0 FAKE_CUDA_MPS=1 FAKE_CUDA_SMS=114 BLESS_LIMIT_PCT=50 FAKE_NVML_CORES=14592 \
+  LD_LIBRARY_PATH="$FAKE:$B/fake-nvml" "$CD" EXPECT_SHARE=56 EXPECT_BLAS=114 "$C" callers
+# Neither: the driver's answer (the share) for everyone, with a warning.
+t callers-mps-unknown 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 "$CD" EXPECT_SHARE=66 EXPECT_BLAS=66 "$C" callers
+if grep -q "device SM count unknown" "$TMP/err"; then pass=$((pass + 1)); echo "PASS callers-mps-unknown-warns"
+else fail=$((fail + 1)); echo "FAIL callers-mps-unknown-warns"; fi
+t callers-granted 0 BLESS_LIMIT_PCT=50 VAI_SM_ATTRIBUTE=granted "$CD" EXPECT_SHARE=64 EXPECT_BLAS=64 "$C" callers
+t callers-device 0 BLESS_LIMIT_PCT=50 VAI_SM_ATTRIBUTE=device "$CD" EXPECT_SHARE=132 EXPECT_BLAS=132 "$C" callers
+t callers-mps-device 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_SM_ATTRIBUTE=device VAI_DEVICE_SM_COUNT=132 \
+  "$CD" EXPECT_SHARE=132 EXPECT_BLAS=132 "$C" callers
+t callers-uncapped 0 "$CD" EXPECT_SHARE=132 EXPECT_BLAS=132 "$C" callers
+# MPS never gives fewer than 8 SMs (measured 1-7% -> 8): that is the share there, not an escape.
+t "mps[3%]-floor" 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=3 VAI_DEVICE_SM_COUNT=132 EXPECT_SMS=8 "$C" mps
+
+# A stripped program with "cuBLAS" linked in statically: told the device's count (as a whole).
+t static-blas-program 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_DEVICE_SM_COUNT=132 "$B/test_static_blas"
+if grep -qx "told 132" "$TMP/out"; then pass=$((pass + 1)); echo "PASS static-blas-program-told-132"
+else fail=$((fail + 1)); echo "FAIL static-blas-program-told-132: $(cat "$TMP/out")"; fi
+
+# ---- MPS: read back the SMs granted; fail closed above the share ----
+t mps-escape-fails-closed 0 FAKE_CUDA_MPS=1 FAKE_CUDA_MPS_ESCAPE=1 BLESS_LIMIT_PCT=25 VAI_DEVICE_SM_COUNT=132 \
+  EXPECT_RC=800 "$C" failed
+expect_err mps-escape-message "MPS granted 132 SMs.*more than the 32 of BLESS_LIMIT_PCT=25"
+t mechanism-mps-required 0 VAI_MECHANISM=mps BLESS_LIMIT_PCT=50 EXPECT_RC=801 "$C" failed
+expect_err mechanism-mps-required-message "VAI_MECHANISM=mps but this process is not an MPS client"
+
+# ---- Green contexts the program makes itself: never more than the share ----
+t greenhooks-green 0 BLESS_LIMIT_PCT=50 EXPECT_CAP=64 "$C" greenhooks
+t greenhooks-mps 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_DEVICE_SM_COUNT=132 EXPECT_CAP=66 "$C" greenhooks
+
+# ---- Limits a pod cannot raise: the limits file wins over a raising env ----
+L=$TMP/limits
+printf '# written by the GPU plugin\nBLESS_LIMIT_PCT=25\nVAI_MEMORY_LIMIT=1Gi\nVAI_DEVICE_SM_COUNT=132\nFUTURE_KEY=x\n' >"$L"
+t limits-file-beats-env-100 0 VAI_LIMITS_FILE="$L" BLESS_LIMIT_PCT=100 EXPECT_SMS=32 "$C" green
+t limits-file-beats-unset 0 VAI_LIMITS_FILE="$L" EXPECT_SMS=32 "$C" green
+t limits-env-may-lower 0 VAI_LIMITS_FILE="$L" BLESS_LIMIT_PCT=10 EXPECT_SMS=8 "$C" green
+t limits-file-mps 0 FAKE_CUDA_MPS=1 VAI_LIMITS_FILE="$L" BLESS_LIMIT_PCT=100 \
+  CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100 EXPECT_MPS_PCT=25 EXPECT_SMS=32 "$C" mps
+t limits-memory-beats-env 0 VAI_LIMITS_FILE="$L" VAI_MEMORY_LIMIT=8Gi EXPECT_TOTAL_MIB=1024 "$C" quota_total
+t limits-memory-env-may-lower 0 VAI_LIMITS_FILE="$L" VAI_MEMORY_LIMIT=512Mi EXPECT_TOTAL_MIB=512 "$C" quota_total
+# The shim preloaded after the image's own preload (as /etc/ld.so.preload puts it after LD_PRELOAD).
+t limits-after-other-preload 0 LD_PRELOAD="/lib/x86_64-linux-gnu/libm.so.6:$LIB" VAI_LIMITS_FILE="$L" \
+  BLESS_LIMIT_PCT=100 EXPECT_SMS=32 "$C" green
+printf 'BLESS_LIMIT_PCT=lots\n' >"$TMP/bad-limits"
+t limits-bad-file 0 VAI_LIMITS_FILE="$TMP/bad-limits" EXPECT_RC=800 "$C" init
+expect_err limits-bad-file-message "limits file .*bad-limits line 1: invalid BLESS_LIMIT_PCT"
+printf 'BLESS_LIMIT_PCT\n' >"$TMP/bad-limits"
+t limits-bad-line 0 VAI_LIMITS_FILE="$TMP/bad-limits" EXPECT_RC=800 "$C" init
+expect_err limits-bad-line-message "expected KEY=VALUE"
+t limits-missing-file 0 VAI_LIMITS_FILE="$TMP/none" EXPECT_RC=800 "$C" init
+expect_err limits-missing-file-message "cannot read the limits file"
+# The system path (here moved into the build tree) wins; VAI_LIMITS_FILE is then ignored.
+SYS=$B/syspath
+printf 'BLESS_LIMIT_PCT=25\n' >"$SYS/limits"
+printf 'BLESS_LIMIT_PCT=90\n' >"$TMP/loose"
+t limits-system-path-wins 0 LD_PRELOAD="$SYS/libvai_accelerator.so" VAI_LIMITS_FILE="$TMP/loose" EXPECT_SMS=32 "$C" green
+rm -f "$SYS/limits"
+t limits-env-file-without-system 0 LD_PRELOAD="$SYS/libvai_accelerator.so" VAI_LIMITS_FILE="$TMP/loose" \
+  EXPECT_SMS=112 "$C" green
+
+# ---- A memory quota without escapes ----
+t quota-vmm 0 VAI_MEMORY_LIMIT=1Gi "$C" vmm
+t quota-async-frees 0 VAI_MEMORY_LIMIT=1Gi "$C" async
+t quota-pools 0 VAI_MEMORY_LIMIT=1Gi "$C" pools
+t quota-v1 0 VAI_MEMORY_LIMIT=1Mi "$C" v1
+mkdir -p "$TMP/st2"
+t status-fields 0 FAKE_CUDA_MPS=1 BLESS_LIMIT_PCT=50 VAI_DEVICE_SM_COUNT=132 "$CD" EXPECT_SHARE=66 \
+  EXPECT_BLAS=132 "VAI_STATUS_DIR=$TMP/st2" "$C" callers
+f=$(ls "$TMP"/st2/vai-*.json 2>/dev/null | head -1)
+expect_file status-line-sms "${f:-missing}" '"mechanism":"mps"' '"sms_device":132' '"sms_asked":66' \
+  '"sms_granted":66' '"sms_device_source":"env"' '"sm_attribute":"auto"' '"attr_told_device":18' \
+  '"attr_told_share":7'
 
 echo "shim tests: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -73,6 +73,25 @@ static CUresult (*p_create_h)(CUmemGenericAllocationHandle *, size_t, const CUme
                               unsigned long long);
 static CUresult (*p_release_h)(CUmemGenericAllocationHandle);
 static CUresult (*p_info)(size_t *, size_t *);
+static CUresult (*p_devres)(CUdevice, CUdevResource *, CUdevResourceType);
+static CUresult (*p_ctxres)(CUcontext, CUdevResource *, CUdevResourceType);
+static CUresult (*p_split)(CUdevResource *, unsigned *, const CUdevResource *, CUdevResource *,
+                           unsigned, unsigned);
+static CUresult (*p_gendesc)(CUdevResourceDesc *, CUdevResource *, unsigned);
+static CUresult (*p_gcreate)(CUgreenCtx *, CUdevResourceDesc, CUdevice, unsigned);
+static CUresult (*p_fromgreen)(CUcontext *, CUgreenCtx);
+static CUresult (*p_map)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+static CUresult (*p_unmap)(CUdeviceptr, size_t);
+static CUresult (*p_vreserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+static CUresult (*p_hretain)(CUmemGenericAllocationHandle *, void *);
+static CUresult (*p_screate)(CUstream *, unsigned);
+static CUresult (*p_ssync)(CUstream);
+static CUresult (*p_pcreate)(CUmemoryPool *, const void *);
+static CUresult (*p_pset)(CUmemoryPool, int, void *);
+static CUresult (*p_palloc)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+static CUresult (*p_alloc1)(unsigned *, unsigned);
+static CUresult (*p_free1)(unsigned);
+static CUresult (*p_info1)(unsigned *, unsigned *);
 
 static void setup(void) {
   lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -117,6 +136,25 @@ static void setup(void) {
   p_create_h = get("cuMemCreate", CUDA_VER, 0);
   p_release_h = get("cuMemRelease", CUDA_VER, 0);
   p_info = get("cuMemGetInfo", CUDA_VER, 0);
+  p_devres = get("cuDeviceGetDevResource", CUDA_VER, 0);
+  p_ctxres = get("cuCtxGetDevResource", CUDA_VER, 0);
+  p_split = get("cuDevSmResourceSplitByCount", CUDA_VER, 0);
+  p_gendesc = get("cuDevResourceGenerateDesc", CUDA_VER, 0);
+  p_gcreate = get("cuGreenCtxCreate", CUDA_VER, 0);
+  p_fromgreen = get("cuCtxFromGreenCtx", CUDA_VER, 0);
+  p_map = get("cuMemMap", CUDA_VER, 0);
+  p_unmap = get("cuMemUnmap", CUDA_VER, 0);
+  p_vreserve = get("cuMemAddressReserve", CUDA_VER, 0);
+  p_hretain = get("cuMemRetainAllocationHandle", CUDA_VER, 0);
+  p_screate = get("cuStreamCreate", CUDA_VER, 0);
+  p_ssync = get("cuStreamSynchronize", CUDA_VER, 0);
+  if (!p_ssync) p_ssync = dlsym(lib, "cuStreamSynchronize");
+  p_pcreate = get("cuMemPoolCreate", CUDA_VER, 0);
+  p_pset = get("cuMemPoolSetAttribute", CUDA_VER, 0);
+  p_palloc = get("cuMemAllocFromPoolAsync", CUDA_VER, 0);
+  p_alloc1 = get("cuMemAlloc", 3000, 0); /* the pre-3.2 ABI */
+  p_free1 = get("cuMemFree", 3000, 0);
+  p_info1 = get("cuMemGetInfo", 3000, 0);
 }
 
 static int in_shim(void *p) {
@@ -222,7 +260,7 @@ static int case_green(void) {
   CHECK(p_retain(&c2, 0) == CUDA_SUCCESS && c2 == c, "second retain returns the same context");
   CHECK(p_setcur(c) == CUDA_SUCCESS && p_getcur(&cur) == CUDA_SUCCESS && cur == c, "set/get current");
   int sms = 0;
-  unsigned want_attr = (unsigned)env_int("EXPECT_ATTR", 132); /* default: the device's count */
+  unsigned want_attr = (unsigned)env_int("EXPECT_ATTR", (int)want); /* default: the share */
   CHECK(p_attr(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 0) == CUDA_SUCCESS &&
             (unsigned)sms == want_attr,
         "device attribute reports %d SMs, expected %u", sms, want_attr);
@@ -283,8 +321,9 @@ static int case_mps(void) {
   CHECK(p_create4(&e4, &cp, 0, 0) == CUDA_SUCCESS && ctx_sms(e4) == want, "cuCtxCreate_v4 -> share");
   CUexecAffinityParam ap = {CU_EXEC_AFFINITY_TYPE_SM_COUNT, {{10}}};
   CUcontext e3 = NULL;
-  CHECK(p_create3(&e3, &ap, 1, 0, 0) == CUDA_SUCCESS && last_affinity() == 10 && ctx_sms(e3) == 10,
-        "caller's smaller affinity (10) is kept");
+  if (want > 10)
+    CHECK(p_create3(&e3, &ap, 1, 0, 0) == CUDA_SUCCESS && last_affinity() == 10 && ctx_sms(e3) == 10,
+          "caller's smaller affinity (10) is kept");
   unsigned probes[] = {200, want, want - 1, want + 1};
   for (int i = 0; i < 4; i++) {
     ap.param.smCount.val = probes[i];
@@ -320,7 +359,239 @@ static int case_failed(void) {
   return 0;
 }
 
+
+/* ---- the SM count, per caller ---- */
+typedef int (*blas_sms_fn)(CUresult (*)(int *, CUdevice_attribute, CUdevice));
+static int sms_from(const char *lib_name, void *attr_fn) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", getenv("CALLERS_DIR") ? getenv("CALLERS_DIR") : ".", lib_name);
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    printf("FAIL cannot dlopen %s: %s\n", path, dlerror());
+    failures++;
+    return -1;
+  }
+  blas_sms_fn f = (blas_sms_fn)dlsym(h, "fake_blas_sms");
+  return f ? f((CUresult(*)(int *, CUdevice_attribute, CUdevice))attr_fn) : -1;
+}
+
+static int case_callers(void) {
+  int share = env_int("EXPECT_SHARE", 0), blas = env_int("EXPECT_BLAS", 0);
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  int sms = 0;
+  CHECK(p_attr(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 0) == CUDA_SUCCESS && sms == share,
+        "the program itself is told %d SMs, expected the share %d", sms, share);
+  /* Every route to the hook: cuGetProcAddress, dlsym on libcuda, the global (linked) symbol. */
+  void *routes[3] = {(void *)p_attr, dlsym(lib, "cuDeviceGetAttribute"),
+                     dlsym(RTLD_DEFAULT, "cuDeviceGetAttribute")};
+  const char *rname[3] = {"cuGetProcAddress", "dlsym(libcuda)", "dlsym(RTLD_DEFAULT)"};
+  for (int r = 0; r < 3; r++) {
+    CHECK(sms_from("libcublasLt.so.13", routes[r]) == blas, "libcublasLt.so.13 via %s: told %d, expected %d",
+          rname[r], sms_from("libcublasLt.so.13", routes[r]), blas);
+    CHECK(sms_from("libbundle.so", routes[r]) == blas,
+          "a stripped library with cuBLAS linked in statically via %s: told %d, expected %d", rname[r],
+          sms_from("libbundle.so", routes[r]), blas);
+    CHECK(sms_from("libexports.so", routes[r]) == blas, "a library exporting cublas* via %s: %d, expected %d",
+          rname[r], sms_from("libexports.so", routes[r]), blas);
+    CHECK(sms_from("libplain.so", routes[r]) == share, "a plain library via %s: told %d, expected %d",
+          rname[r], sms_from("libplain.so", routes[r]), share);
+  }
+  CHECK(calls("cuDeviceGetAttribute") > 0, "the driver answered");
+  return 0;
+}
+
+/* ---- green contexts made by the program itself ---- */
+static void full_mask(CUdevResource *r, unsigned n) {
+  memset(r->_internal_padding, 0, 32);
+  for (unsigned i = 0; i < n; i++) r->_internal_padding[i / 8] |= (unsigned char)(1u << (i % 8));
+  r->sm.smCount = n;
+}
+
+static int case_greenhooks(void) {
+  unsigned cap = (unsigned)env_int("EXPECT_CAP", 0);
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  CUdevResource res, part, rest;
+  CHECK(p_devres(0, &res, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS && res.sm.smCount == cap,
+        "cuDeviceGetDevResource hands out the share: %u SMs, expected %u", res.sm.smCount, cap);
+  unsigned nb = 1;
+  CHECK(p_split(&part, &nb, &res, &rest, 0, 2 * cap) != CUDA_SUCCESS,
+        "splitting twice the share out of it fails");
+  CHECK(p_split(&part, &nb, &res, &rest, 0, 16) == CUDA_SUCCESS && part.sm.smCount == 16, "a 16-SM split");
+  CUdevResourceDesc d = NULL;
+  CUgreenCtx g = NULL;
+  CUcontext gc = NULL;
+  CHECK(p_gendesc(&d, &part, 1) == CUDA_SUCCESS && p_gcreate(&g, d, 0, CU_GREEN_CTX_DEFAULT_STREAM) == 0 &&
+            p_fromgreen(&gc, g) == CUDA_SUCCESS && ctx_sms(gc) == 16,
+        "a program's own 16-SM green context works (%u SMs)", gc ? ctx_sms(gc) : 0);
+  /* Rewriting smCount changes nothing: the SM set is in the opaque part. */
+  CUdevResource fake = res;
+  fake.sm.smCount = 132;
+  CHECK(p_gendesc(&d, &fake, 1) == CUDA_SUCCESS && p_gcreate(&g, d, 0, CU_GREEN_CTX_DEFAULT_STREAM) == 0 &&
+            p_fromgreen(&gc, g) == CUDA_SUCCESS && ctx_sms(gc) <= cap,
+        "an edited smCount still gives at most the share (%u)", gc ? ctx_sms(gc) : 0);
+  /* A resource for the whole device (from an unhooked route): refused after the read-back. */
+  full_mask(&fake, 132);
+  g = NULL;
+  CHECK(p_gendesc(&d, &fake, 1) == CUDA_SUCCESS &&
+            p_gcreate(&g, d, 0, CU_GREEN_CTX_DEFAULT_STREAM) == CUDA_ERROR_NOT_PERMITTED && g == NULL,
+        "a 132-SM green context is refused (CUDA_ERROR_NOT_PERMITTED)");
+  CHECK(calls("cuGreenCtxDestroy") >= 1, "and destroyed");
+  /* Made behind the shim's back (the driver's own entry): cuCtxFromGreenCtx refuses it. */
+  CUresult (*raw_create)(CUgreenCtx *, CUdevResourceDesc, CUdevice, unsigned) = own("cuGreenCtxCreate");
+  CHECK(raw_create(&g, d, 0, CU_GREEN_CTX_DEFAULT_STREAM) == CUDA_SUCCESS &&
+            p_fromgreen(&gc, g) == CUDA_ERROR_NOT_PERMITTED,
+        "cuCtxFromGreenCtx refuses a 132-SM green context it did not see made");
+  CUdevResource cr;
+  CHECK(p_ctxres(c, &cr, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS && cr.sm.smCount <= cap,
+        "cuCtxGetDevResource of the current context: %u <= %u", cr.sm.smCount, cap);
+  return 0;
+}
+
+/* ---- memory: VMM ---- */
 #define MiB (1ULL << 20)
+static unsigned long long drv_used(void) {
+  unsigned long long (*f)(void) = (unsigned long long (*)(void))dlsym(lib, "fakecuda_mem_used");
+  return f ? f() : ~0ULL;
+}
+static unsigned long long drv_peak(void) {
+  unsigned long long (*f)(void) = (unsigned long long (*)(void))dlsym(lib, "fakecuda_mem_peak");
+  return f ? f() : ~0ULL;
+}
+
+static int case_vmm(void) {
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  /* The pattern CUDA documents for VMM allocators: create, map, release while mapped. */
+  CUdeviceptr va[8] = {0};
+  int made = 0;
+  for (int i = 0; i < 8; i++) {
+    CUmemGenericAllocationHandle h = 0;
+    if (p_create_h(&h, 256 * MiB, NULL, 0) != CUDA_SUCCESS) break;
+    CHECK(p_vreserve(&va[i], 256 * MiB, 0, 0, 0) == 0 && p_map(va[i], 256 * MiB, 0, h, 0) == 0 &&
+              p_release_h(h) == 0,
+          "create/map/release %d", i);
+    made++;
+  }
+  CHECK(made == 4, "create/map/release stops at the 1Gi quota: %d x 256Mi", made);
+  CHECK(drv_used() == 1024 * MiB && drv_peak() <= 1024 * MiB, "the driver holds %llu (peak %llu)",
+        drv_used(), drv_peak());
+  size_t fr = 0, tot = 0;
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && fr == 0, "mem info: %zu free (mapped memory counts)", fr);
+  CHECK(p_unmap(va[0], 256 * MiB) == CUDA_SUCCESS && drv_used() == 768 * MiB, "unmap frees it in the driver");
+  CUmemGenericAllocationHandle h = 0, h2 = 0;
+  CHECK(p_create_h(&h, 256 * MiB, NULL, 0) == CUDA_SUCCESS, "the unmapped 256Mi can be created again");
+  /* cuMemRetainAllocationHandle keeps the memory alive past release + unmap. */
+  CUdeviceptr v2 = 0;
+  CHECK(p_unmap(va[1], 256 * MiB) == 0 && p_vreserve(&v2, 256 * MiB, 0, 0, 0) == 0 &&
+            p_map(v2, 256 * MiB, 0, h, 0) == 0 && p_hretain(&h2, (void *)(uintptr_t)v2) == 0,
+        "map + retain");
+  CHECK(p_release_h(h) == 0 && p_unmap(v2, 256 * MiB) == 0, "release + unmap (retain still holds it)");
+  CUmemGenericAllocationHandle h3 = 0;
+  CHECK(drv_used() == 768 * MiB, "the driver still holds the retained 256Mi: %llu", drv_used());
+  CHECK(p_create_h(&h3, 512 * MiB, NULL, 0) == CUDA_ERROR_OUT_OF_MEMORY,
+        "512Mi more does not fit while the retained handle lives");
+  CHECK(p_release_h(h2) == 0 && drv_used() == 512 * MiB, "releasing the retained handle frees it");
+  CHECK(p_create_h(&h3, 512 * MiB, NULL, 0) == CUDA_SUCCESS, "now 512Mi fits");
+  CHECK(drv_peak() <= 1024 * MiB, "the driver never held more than the quota (peak %llu)", drv_peak());
+  return 0;
+}
+
+/* ---- memory: stream-ordered frees ---- */
+static int case_async(void) {
+  void (*progress)(void) = (void (*)(void))dlsym(lib, "fakecuda_progress");
+  void (*capture)(int) = (void (*)(int))dlsym(lib, "fakecuda_set_capturing");
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  CUstream s1 = NULL, s2 = NULL;
+  CHECK(p_screate(&s1, 0) == 0 && p_screate(&s2, 0) == 0, "two streams");
+  CUdeviceptr a = 0, b = 0;
+  CHECK(p_async(&a, 1024 * MiB, s1) == CUDA_SUCCESS, "async 1Gi (the whole quota) on s1");
+  CHECK(p_freeasync(a, s1) == CUDA_SUCCESS, "cuMemFreeAsync on s1 (s1 has not got there yet)");
+  size_t fr = 1, tot = 0;
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && fr == 0, "not credited before the free ran: free %zu", fr);
+  CHECK(drv_used() == 1024 * MiB, "the driver still holds it");
+  CHECK(p_async(&b, 1024 * MiB, s2) == CUDA_SUCCESS, "1Gi on s2: the shim waited for s1's free");
+  CHECK(drv_peak() <= 1024 * MiB, "the driver never held more than the quota (peak %llu)", drv_peak());
+  CHECK(p_freeasync(b, s2) == CUDA_SUCCESS, "free b on s2");
+  progress();
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && fr == 0,
+        "the free ran, but the default pool still holds the memory until a sync: free %zu", fr);
+  CHECK(p_ssync(s2) == CUDA_SUCCESS && p_info(&fr, &tot) == CUDA_SUCCESS && fr == 1024 * MiB,
+        "after the sync the pool gave it back: free %zu", fr);
+  /* A free captured into a graph runs whenever the graph runs: it stays charged. */
+  CHECK(p_async(&a, 512 * MiB, s1) == CUDA_SUCCESS, "512Mi");
+  capture(1);
+  CHECK(p_freeasync(a, s1) == CUDA_SUCCESS, "free during stream capture");
+  capture(0);
+  progress();
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && fr == 512 * MiB, "a captured free is not credited: free %zu", fr);
+  return 0;
+}
+
+/* ---- memory: pools hold what they reserve ---- */
+static int case_pools(void) {
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  CUmemoryPool pool = NULL;
+  CUstream s = NULL;
+  CHECK(p_pcreate(&pool, NULL) == CUDA_SUCCESS && p_screate(&s, 0) == 0, "pool + stream");
+  cuuint64_t keep_all = ~0ULL; /* as PyTorch's cudaMallocAsync backend sets it */
+  CHECK(p_pset(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep_all) == CUDA_SUCCESS, "release threshold: keep all");
+  CUdeviceptr a = 0, b = 0;
+  CHECK(p_palloc(&a, 768 * MiB, pool, s) == CUDA_SUCCESS, "768Mi from the pool");
+  CHECK(p_freeasync(a, s) == CUDA_SUCCESS && p_ssync(s) == CUDA_SUCCESS, "freed and synchronised");
+  CHECK(drv_used() == 768 * MiB, "the pool keeps the 768Mi reserved: driver holds %llu", drv_used());
+  size_t fr = 0, tot = 0;
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && fr == 256 * MiB, "the pool's reservation counts: free %zu", fr);
+  CHECK(p_palloc(&a, 512 * MiB, pool, s) == CUDA_SUCCESS && drv_used() == 768 * MiB,
+        "512Mi again from the pool reuses its reservation");
+  CHECK(p_alloc(&b, 512 * MiB) == CUDA_SUCCESS, "512Mi plain: the shim trims the pool's spare 256Mi first");
+  CHECK(drv_peak() <= 1024 * MiB, "the driver never held more than the quota (peak %llu)", drv_peak());
+  CUdeviceptr x = 0;
+  CHECK(p_alloc(&x, 16 * MiB) == CUDA_ERROR_OUT_OF_MEMORY, "and no more");
+  CUdeviceptr d = 0;
+  CHECK(p_free(b) == CUDA_SUCCESS && p_async(&d, 256 * MiB, s) == CUDA_SUCCESS,
+        "cuMemAllocAsync (the default pool) counts too");
+  CHECK(p_alloc(&x, 300 * MiB) == CUDA_ERROR_OUT_OF_MEMORY, "256 + 512 + 300 > 1024: refused");
+  CHECK(drv_peak() <= 1024 * MiB, "peak %llu", drv_peak());
+  return 0;
+}
+
+/* ---- memory: the pre-3.2 ABI ---- */
+static int case_v1(void) {
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  CHECK(p_alloc1 && in_shim((void *)p_alloc1) && in_shim((void *)p_free1) && in_shim((void *)p_info1),
+        "cuGetProcAddress(cuMemAlloc/Free/GetInfo, 3000) -> the shim's v1 hooks");
+  unsigned a = 0, b = 0, fr = 0, tot = 0;
+  CHECK(p_info1(&fr, &tot) == CUDA_SUCCESS && tot == 1 * MiB && fr == 1 * MiB, "v1 mem info: %u / %u", fr, tot);
+  CHECK(p_alloc1(&a, 512 << 10) == CUDA_SUCCESS, "v1 alloc 512Ki");
+  CHECK(p_alloc1(&b, 768 << 10) == CUDA_ERROR_OUT_OF_MEMORY, "v1 alloc 768Ki more: out of memory");
+  CUdeviceptr x = 0;
+  CHECK(p_alloc(&x, 768 << 10) == CUDA_ERROR_OUT_OF_MEMORY, "v2 sees the v1 allocation too");
+  CHECK(p_free1(a) == CUDA_SUCCESS && p_alloc1(&b, 768 << 10) == CUDA_SUCCESS, "v1 free credits");
+  return 0;
+}
+
+/* ---- the quota the process ended with (limits file vs env) ---- */
+static int case_quota_total(void) {
+  unsigned long long want = (unsigned long long)env_int("EXPECT_TOTAL_MIB", 0) * MiB;
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  size_t fr = 0, tot = 0;
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && tot == want, "total %zu, expected %llu", tot, want);
+  return 0;
+}
+
 static int case_memory(void) {
   CUcontext c;
   CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
@@ -429,6 +700,13 @@ int main(int argc, char **argv) {
   else if (!strcmp(c, "memory")) case_memory();
   else if (!strcmp(c, "driver_oom")) case_driver_oom();
   else if (!strcmp(c, "threads")) case_threads();
+  else if (!strcmp(c, "callers")) case_callers();
+  else if (!strcmp(c, "greenhooks")) case_greenhooks();
+  else if (!strcmp(c, "vmm")) case_vmm();
+  else if (!strcmp(c, "async")) case_async();
+  else if (!strcmp(c, "pools")) case_pools();
+  else if (!strcmp(c, "v1")) case_v1();
+  else if (!strcmp(c, "quota_total")) case_quota_total();
   else {
     fprintf(stderr, "unknown case %s\n", c);
     return 2;

@@ -1,6 +1,6 @@
 /* test_linked.c - a program linked against libcuda.so.1 directly (like workloads built with
  * -lcuda): its cu* calls bind through the global scope, where the preloaded shim comes first.
- * Expects BLESS_LIMIT_PCT=50 (green, 64 SMs on the fake; the attribute keeps the device's 132)
+ * Expects BLESS_LIMIT_PCT=50 (green, 64 SMs on the fake; the program is told its 64)
  * and VAI_MEMORY_LIMIT=1Mi. */
 #include <stdio.h>
 
@@ -21,7 +21,7 @@ int main(void) {
   if (cuInit(0) != CUDA_SUCCESS) bad |= 1;
   if (cuDevicePrimaryCtxRetain(&c, 0) != CUDA_SUCCESS || fakecuda_ctx_sms(c) != 64) bad |= 2;
   if (cuCtxSetCurrent(c) != CUDA_SUCCESS) bad |= 4;
-  if (cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 0) || sms != 132) bad |= 8;
+  if (cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 0) || sms != 64) bad |= 8;
   if (cuMemAlloc_v2(&p, 512 << 10) != CUDA_SUCCESS) bad |= 16;
   if (cuMemAlloc_v2(&p, 768 << 10) != CUDA_ERROR_OUT_OF_MEMORY) bad |= 32;
   printf("linked: %s (code %d, sms %u)\n", bad ? "FAILED" : "passed", bad, fakecuda_ctx_sms(c));

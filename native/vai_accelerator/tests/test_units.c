@@ -78,8 +78,17 @@ static void test_log_and_dir(void) {
         "bad level: %s", err);
   CHECK(vai_parse_log_level("", &lv, err, sizeof err) == -1, "empty level");
   int dev = -1;
-  CHECK(vai_parse_sm_attribute("granted", &dev, err, sizeof err) == 0 && dev == 0, "granted");
-  CHECK(vai_parse_sm_attribute("device", &dev, err, sizeof err) == 0 && dev == 1, "device");
+  CHECK(vai_parse_sm_attribute("granted", &dev, err, sizeof err) == 0 && dev == VAI_SMATTR_GRANTED, "granted");
+  CHECK(vai_parse_sm_attribute("device", &dev, err, sizeof err) == 0 && dev == VAI_SMATTR_DEVICE, "device");
+  CHECK(vai_parse_sm_attribute("auto", &dev, err, sizeof err) == 0 && dev == VAI_SMATTR_AUTO, "auto");
+  unsigned n = 0;
+  CHECK(vai_parse_device_sms("132", &n, err, sizeof err) == 0 && n == 132, "132 SMs");
+  CHECK(vai_parse_device_sms("0", &n, err, sizeof err) == -1 && strstr(err, "VAI_DEVICE_SM_COUNT"), "0 SMs");
+  CHECK(vai_parse_device_sms("4097", &n, err, sizeof err) == -1, "4097 SMs");
+  int m = -1;
+  CHECK(vai_parse_mechanism("mps", &m, err, sizeof err) == 0 && m == VAI_MECH_REQ_MPS, "mps");
+  CHECK(vai_parse_mechanism("green", &m, err, sizeof err) == 0 && m == VAI_MECH_REQ_GREEN, "green");
+  CHECK(vai_parse_mechanism("MPS", &m, err, sizeof err) == -1 && strstr(err, "VAI_MECHANISM"), "MPS");
   CHECK(vai_parse_sm_attribute("Device", &dev, err, sizeof err) == -1 && strstr(err, "VAI_SM_ATTRIBUTE"),
         "bad sm attribute: %s", err);
   CHECK(vai_check_status_dir("/tmp", err, sizeof err) == 0, "/tmp ok");
@@ -119,7 +128,79 @@ static void test_config_load(void) {
   unsetenv("BLESS_LIMIT_PCT");
 }
 
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+  }
+}
+
+/* The limits file against the env: env can lower, never raise; the file wins for the device count
+ * and mechanism; /etc/vai/limits (here: a temp path) shadows VAI_LIMITS_FILE. */
+static void test_limits_file(void) {
+  char dir[] = "/tmp/vai_limits_XXXXXX";
+  CHECK(mkdtemp(dir) != NULL, "tmp dir");
+  char sys[256], other[256];
+  snprintf(sys, sizeof sys, "%s/limits", dir);
+  snprintf(other, sizeof other, "%s/other", dir);
+  write_file(sys, "# plugin\n BLESS_LIMIT_PCT = 25 \r\nVAI_MEMORY_LIMIT=2Gi\nVAI_DEVICE_SM_COUNT=132\n"
+                  "VAI_MECHANISM=mps\nSOMETHING_NEW=1\n\n");
+  write_file(other, "BLESS_LIMIT_PCT=90\n");
+  vai_config c;
+  setenv("BLESS_LIMIT_PCT", "100", 1);
+  setenv("VAI_MEMORY_LIMIT", "8Gi", 1);
+  setenv("VAI_DEVICE_SM_COUNT", "8", 1);
+  setenv("VAI_MECHANISM", "green", 1);
+  setenv("VAI_LIMITS_FILE", other, 1);
+  vai_config_load_from(&c, sys);
+  CHECK(c.n_errors == 0 && c.limit_pct == 25 && c.memory_limit == 2ULL << 30 && c.device_sms == 132 &&
+            c.mechanism == VAI_MECH_REQ_MPS && strcmp(c.limits_path, sys) == 0 &&
+            strcmp(c.device_sms_src, "file") == 0,
+        "file beats raising env (%d errors, pct %d, mem %llu, sms %u)", c.n_errors, c.limit_pct,
+        c.memory_limit, c.device_sms);
+  setenv("BLESS_LIMIT_PCT", "10", 1);
+  setenv("VAI_MEMORY_LIMIT", "1Gi", 1);
+  vai_config_load_from(&c, sys);
+  CHECK(c.limit_pct == 10 && c.memory_limit == 1ULL << 30, "env lowers: pct %d mem %llu", c.limit_pct,
+        c.memory_limit);
+  unlink(sys);
+  vai_config_load_from(&c, sys);
+  CHECK(c.n_errors == 0 && c.limit_pct == 10 && strcmp(c.limits_path, other) == 0,
+        "no system file: VAI_LIMITS_FILE is read (pct %d from min(90, env 10))", c.limit_pct);
+  unsetenv("BLESS_LIMIT_PCT");
+  vai_config_load_from(&c, sys);
+  CHECK(c.limit_pct == 90 && c.device_sms == 8 && strcmp(c.device_sms_src, "env") == 0 &&
+            c.mechanism == VAI_MECH_REQ_GREEN,
+        "other file's pct, env's device count and mechanism");
+  write_file(other, "VAI_MEMORY_LIMIT=20G\n");
+  vai_config_load_from(&c, sys);
+  CHECK(c.n_errors == 1 && strstr(c.errors[0], "line 1") && strstr(c.errors[0], "VAI_MEMORY_LIMIT"),
+        "bad value in the file: %s", c.n_errors ? c.errors[0] : "(none)");
+  write_file(other, "");
+  unsetenv("VAI_MEMORY_LIMIT");
+  unsetenv("VAI_DEVICE_SM_COUNT");
+  unsetenv("VAI_MECHANISM");
+  vai_config_load_from(&c, sys);
+  CHECK(c.n_errors == 0 && c.limit_pct == 100 && c.memory_limit == 0, "an empty file: no limits");
+  unsetenv("VAI_LIMITS_FILE");
+  unlink(other);
+  rmdir(dir);
+}
+
 static void test_sms(void) {
+  /* MPS, as measured on an H200 (gpu/results/sweep_mps.json): 1-7% -> 8, 8% -> 10, 10% -> 12,
+   * 25% -> 32, 40% -> 52, 50% -> 66, 75% -> 98, 90% -> 118, 99% -> 130. */
+  const int pcts[] = {1, 6, 7, 8, 10, 25, 40, 50, 60, 70, 74, 75, 80, 90, 99};
+  const unsigned seen[] = {8, 8, 8, 10, 12, 32, 52, 66, 78, 92, 96, 98, 104, 118, 130};
+  for (int i = 0; i < 15; i++)
+    CHECK(vai_mps_sms(pcts[i], 132) == seen[i], "MPS %d%% -> %u, measured %u", pcts[i],
+          vai_mps_sms(pcts[i], 132), seen[i]);
+  CHECK(vai_mps_sms(100, 132) == 132, "MPS 100%% -> all");
+  CHECK(vai_cores_per_sm(9, 0) == 128 && vai_cores_per_sm(8, 0) == 64 && vai_cores_per_sm(8, 6) == 128 &&
+            vai_cores_per_sm(7, 5) == 64 && vai_cores_per_sm(3, 5) == 0,
+        "cores per SM");
+  CHECK(16896 / vai_cores_per_sm(9, 0) == 132, "NVML's 16896 cores on an H200 -> 132 SMs");
   CHECK(vai_sms_for_pct(25, 132) == 33, "ceil(25%% of 132) = 33, got %u", vai_sms_for_pct(25, 132));
   CHECK(vai_sms_for_pct(50, 132) == 66, "50%% -> 66");
   CHECK(vai_sms_for_pct(75, 132) == 99, "75%% -> 99");
@@ -208,8 +289,41 @@ static void test_memtrack(void) {
   CHECK(used == 0, "all credited (%llu)", used);
 }
 
+/* VMM: bytes stay charged until the handle is released AND unmapped; retains add references. */
+static void test_vmm(void) {
+  vai_cfg.memory_limit = 1000;
+  unsigned long long used;
+  CHECK(vai_mem_reserve(400) == 0, "create 400");
+  vai_mem_commit(VAI_MEM_HANDLE, 7, 400, 0);
+  CHECK(vai_mem_vmm_map(0x10000, 200, 7) && vai_mem_vmm_map(0x20000, 200, 7), "two mappings");
+  CHECK(vai_mem_vmm_release(7) == 0, "release while mapped credits nothing");
+  CHECK(vai_mem_reserve(601) == -1, "still charged: 601 more refused");
+  CHECK(vai_mem_vmm_unmap(0x10000, 200) == 0, "one mapping left: nothing credited");
+  CHECK(vai_mem_vmm_unmap(0x20000, 200) == 400, "last unmap credits 400");
+  vai_mem_stats(&used, NULL);
+  CHECK(used == 0, "used %llu", used);
+  /* Unmap of a range covering several mappings; retained handle under a new value. */
+  CHECK(vai_mem_reserve(300) == 0, "create 300");
+  vai_mem_commit(VAI_MEM_HANDLE, 9, 300, 0);
+  vai_mem_vmm_map(0x40000, 100, 9);
+  vai_mem_vmm_map(0x40100, 200, 9);
+  CHECK(vai_mem_vmm_retain(99, 0x40150), "retain through an address");
+  CHECK(vai_mem_vmm_release(9) == 0 && vai_mem_vmm_unmap(0x40000, 300) == 0, "release + unmap all: retained");
+  CHECK(vai_mem_vmm_release(99) == 300, "releasing the retained handle credits 300");
+  CHECK(vai_mem_vmm_release(99) == 0, "twice: nothing");
+  CHECK(vai_mem_vmm_map(0x50000, 10, 12345) == 0, "an unknown handle (imported) is not tracked");
+  vai_mem_stats(&used, NULL);
+  CHECK(used == 0, "used %llu", used);
+  /* Pools: a pool's spare reservation counts. */
+  vai_mem_set_pool_excess(700);
+  CHECK(vai_mem_reserve(301) == -1 && vai_mem_reserve(300) == 0, "pool excess 700 leaves 300");
+  vai_mem_unreserve(300);
+  vai_mem_set_pool_excess(0);
+  vai_cfg.memory_limit = 0;
+}
+
 static void test_status(void) {
-  vai_status s = {"green", "GPU-0123", 50, 132, 64, 64};
+  vai_status s = {"green", "GPU-0123", 50, 132, 64, 64, "nvml", 3, 1};
   setenv("POD_NAME", "pod-a", 1);
   char buf[1024];
   int n = vai_status_format(buf, sizeof buf, &s, "init");
@@ -217,7 +331,9 @@ static void test_status(void) {
   CHECK(strstr(buf, "\"mechanism\":\"green\"") && strstr(buf, "\"sms_granted\":64") &&
             strstr(buf, "\"sms_asked\":64") && strstr(buf, "\"limit_pct\":50") &&
             strstr(buf, "\"gpu_uuid\":\"GPU-0123\"") && strstr(buf, "\"phase\":\"init\"") &&
-            strstr(buf, "\"memory_peak\":") && strstr(buf, "\"pod\":\"pod-a\""),
+            strstr(buf, "\"memory_peak\":") && strstr(buf, "\"pod\":\"pod-a\"") &&
+            strstr(buf, "\"sms_device\":132") && strstr(buf, "\"sms_device_source\":\"nvml\"") &&
+            strstr(buf, "\"attr_told_device\":3") && strstr(buf, "\"attr_told_share\":1"),
         "fields: %s", buf);
   char dir[] = "/tmp/vai_units_XXXXXX";
   CHECK(mkdtemp(dir) != NULL, "tmp dir");
@@ -238,8 +354,10 @@ int main(void) {
   test_memory();
   test_log_and_dir();
   test_config_load();
+  test_limits_file();
   test_sms();
   test_memtrack();
+  test_vmm();
   test_status();
   printf("units: %s (%d checks, %d failed)\n", failures ? "FAILED" : "passed", checks, failures);
   return failures ? 1 : 0;
