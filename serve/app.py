@@ -45,6 +45,7 @@ from serve.http import (
 )
 from serve.schemas import AllocateIn, ReleaseIn
 from serve.state import ClusterSource, get_or_create_state
+from serve.ui import router as ui_router
 
 log = logging.getLogger("keti_ray.serve")
 
@@ -60,6 +61,7 @@ api.router.route_class = StrictRoute
 api.add_exception_handler(RequestValidationError, validation_error)
 api.add_exception_handler(StarletteHTTPException, http_error)
 api.include_router(k8s_routes.router)  # Kubernetes: the extender's bindVerb, /k8s/status
+api.include_router(ui_router)  # /ui: the operator's view (serve/ui/)
 
 
 class StateUnavailable(HTTPException):

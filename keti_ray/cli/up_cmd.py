@@ -73,6 +73,7 @@ def up_command(
             '"num_gpu": 1, "gpu_milli": 250}}\''
         )
         typer.echo(f"  curl -s{auth} {url}/partition    |  curl -s {url}/health")
+        typer.echo(f"  open {url}/ui  (operator's view{'; sign in: the token' if auth else ''})")
         typer.echo("Ctrl-C stops everything.")
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         stop.wait(timeout=exit_after)
