@@ -209,9 +209,7 @@ def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> Non
     for c in spec["containers"]:
         env = env_of(c)
         # Every env var that names a directory points where that directory is mounted.
-        for var, vol in (
-            (C.ENV_VAI_STATUS_DIR, "vai-status"),
-        ):
+        for var, vol in ((C.ENV_VAI_STATUS_DIR, "vai-status"),):
             assert env[var] == mount_path(c, vol) == host[vol]
         # the daemon's pipes at the tenants' path; Allocate is told where they are on the node
         assert env[C.ENV_MPS_PIPE_DIRECTORY] == mount_path(c, "mps-pipe") == C.MPS_PIPE_DIR
