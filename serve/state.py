@@ -108,6 +108,20 @@ class AllocatorState:
         except StoreUnavailable as exc:
             return {"status": 503, "error": str(exc)}
 
+    def push_telemetry(
+        self, node: str, batch: str, inventory: list[dict], records: list[dict]
+    ) -> dict:
+        """A node agent's batch: {"status": 200, ...}, 422 naming the record, or 503."""
+        try:
+            return {"status": 200, **self.service.push_telemetry(node, batch, inventory, records)}
+        except ValueError as exc:
+            return {"status": 422, "error": str(exc)}
+        except StoreUnavailable as exc:
+            return {"status": 503, "error": str(exc)}
+
+    def telemetry_status(self) -> dict:
+        return self.service.ingest.status()
+
     def partition(self) -> dict:
         return self.service.partition()
 

@@ -23,6 +23,7 @@ from keti_ray.allocators import make_allocator
 from keti_ray.allocators.base import Allocator
 from keti_ray.allocators.gpu_select import best_fit_gpu
 from keti_ray.booking.events import EventWriter
+from keti_ray.booking.ingest import TelemetryIngest
 from keti_ray.booking.legacy import read_legacy_journal
 from keti_ray.booking.metrics import ServiceMetrics
 from keti_ray.booking.policy_host import PolicyHost, PolicySpec
@@ -178,6 +179,7 @@ class AllocationService:
             if telemetry is not None
             else None
         )
+        self.ingest = TelemetryIngest(self.store, telemetry, self.metrics.telemetry_dropped.inc)
         if follow_pointer_s:
             self.policies.start_follower(follow_pointer_s)
 
@@ -733,6 +735,17 @@ class AllocationService:
             }
         )
 
+    def push_telemetry(
+        self,
+        node: str,
+        batch: str,
+        inventory: Sequence[dict[str, Any]],
+        records: Sequence[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A node agent's pushed batch (POST /telemetry), each batch ID once (booking/ingest.py);
+        StoreUnavailable when the ID cannot be recorded (the agent retries)."""
+        return self.ingest.push(node, batch, inventory, records)
+
     def push_events(self, timeout_s: float = 10.0) -> int:
         """Wait until the telemetry writer has logged every queued event; rows written."""
         if self.events is None:
@@ -744,6 +757,7 @@ class AllocationService:
         self.policies.stop()
         if self.events is not None:
             self.events.close()
+        self.ingest.close()
         self.store.close()
 
 
