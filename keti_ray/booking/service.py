@@ -303,6 +303,20 @@ class AllocationService:
         self.metrics.serving(version)
         return version
 
+    def set_typical(self, typical: TypicalPods) -> str:
+        """FGD's typical-pod mix, swapped between two decisions (keti_ray/k8s/live_mix.py
+        calls it): the serving policy, the FGD scorer of prioritize and the fragmentation
+        model are rebuilt for it. The policy is rebuilt first, outside the lock (a PPO
+        checkpoint loads slowly), and swaps atomically itself. Returns the version serving."""
+        version = self.policies.set_typical(typical)
+        scorer = make_allocator("fgd", typical, self.seed)
+        with self._lock:
+            self.typical = typical
+            self._fgd_scorer = scorer
+            self._frag_model = FragmentationModel(typical, self.state.models)
+            self._frag_cache = (0.0, 0.0)
+        return version
+
     def refresh_pointer(self) -> str:
         version = self.policies.refresh_pointer()
         self.metrics.serving(version)
