@@ -104,7 +104,11 @@ def _single(result: dict) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse(
         status_code=status,
-        content={"detail": result["error"], "pod": result["pod"]},
+        content={
+            "detail": result["error"],
+            "pod": result["pod"],
+            **({"conflict": result["conflict"]} if "conflict" in result else {}),
+        },
         headers=headers,
     )
 

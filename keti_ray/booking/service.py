@@ -64,6 +64,8 @@ class NoFit(Exception):
 class Conflict(Exception):
     """The pod is booked already with a different request (HTTP 409, naming the pod)."""
 
+    conflict = True  # what a bind tests (keti_ray/k8s/bind.py), also through a Ray wrapper
+
 
 def pod_key(name: str, namespace: str | None = None) -> str:
     """A pod's identity: `namespace/name` (a bare name is in namespace `default`)."""
@@ -362,11 +364,14 @@ class AllocationService:
 
     @staticmethod
     def _public(result: dict) -> dict:
-        out = {
-            k: v
-            for k, v in result.items()
-            if k not in ("decision", "conflict", "booked", "seconds")
-        }
+        """A 409 says by `conflict` which it is: True = the pod is booked already with another
+        request (release it first), False = nothing fits now. Callers test the flag, not the
+        error text."""
+        out = {k: v for k, v in result.items() if k not in ("decision", "booked", "seconds")}
+        if out["status"] == 409:
+            out["conflict"] = bool(result.get("conflict"))
+        else:
+            out.pop("conflict", None)
         if "decision" in result:
             out.update(result["decision"].as_dict())
         return out
