@@ -4,12 +4,13 @@ retrain loads."""
 
 from __future__ import annotations
 
-from k8s_cluster import cluster_role_rules, core_api, gpu_node_body
 from typer.testing import CliRunner
 
 from keti_ray.cli import _register, app
 from keti_ray.cluster import NodeSpec
 from keti_ray.trace import load_nodes
+
+from .k8s_cluster import cluster_role_rules, core_api, gpu_node_body
 
 _register()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from k8s_cluster import cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
 from kubernetes import client
 
 from keti_ray.annotations import decode_allocation
@@ -15,6 +14,8 @@ from keti_ray.cluster import PodRequest
 from keti_ray.constants import ANN_ALLOCATION
 from keti_ray.k8s.bind import Binder
 from keti_ray.k8s.runtime import initial_nodes, start_sync
+
+from .k8s_cluster import cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
 
 UUIDS = {
     "n1": ["GPU-11111111-0000-0000-0000-000000000001", "GPU-11111111-0000-0000-0000-000000000002"],
