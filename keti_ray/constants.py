@@ -30,7 +30,12 @@ SHIM_LIBRARY_NAME = "libvai_accelerator.so"
 SHIM_CONTAINER_PATH = "/usr/local/vai/" + SHIM_LIBRARY_NAME
 DEVICE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 KUBELET_SOCKET_NAME = "kubelet.sock"
-MPS_PIPE_DIR = "/tmp/nvidia-mps"
+MPS_PIPE_DIR = "/tmp/nvidia-mps"  # CUDA_MPS_PIPE_DIRECTORY inside containers (agent and tenants)
+# The pipe directory on the node: NOT /tmp/nvidia-mps, because libnvidia-container bind-mounts
+# that host path into every GPU container when it exists (lookup_ipcs/mount_ipc), which would
+# hand the control socket to whole-GPU tenants too.  Only the plugin's Allocate mounts this one.
+MPS_PIPE_HOST_DIR = "/run/keti-ray/mps-pipe"
+MPS_SHM_CONTAINER_PATH = "/dev/shm"  # where MPS clients and the server look for their shm files
 MPS_LOG_DIR = "/var/log/nvidia-mps"
 MPS_SHM_HOST_DIR = "/run/keti-ray/mps-shm"  # the MPS server's /dev/shm on the node (the GPU
 # DaemonSet's agent mounts it there); MPS tenants need it at /dev/shm too, instead of hostIPC

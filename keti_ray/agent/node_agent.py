@@ -33,6 +33,7 @@ from keti_ray.constants import (
     LIMITS_HOST_DIR,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
+    MPS_SHM_HOST_DIR,
     VAI_STATUS_HOST_DIR,
 )
 from keti_ray.deviceplugin import allocations as records
@@ -59,7 +60,10 @@ class AgentConfig:
     memory_limit: str = "proportional"
     shim_host_path: str = SHIM_HOST_PATH
     mps: bool = True
-    mps_pipe_dir: str = MPS_PIPE_DIR
+    mps_pipe_dir: str = MPS_PIPE_DIR  # where the agent's MPS daemon puts its pipes
+    mps_pipe_host_dir: str | None = None  # that directory on the node (None: the same path)
+    mps_shm_host_dir: str = MPS_SHM_HOST_DIR  # the MPS server's /dev/shm on the node
+    mps_mounts: str | None = None  # MPS tenants' pipe mount: ro, rw, none (None: ro if mps)
     mps_log_dir: str = MPS_LOG_DIR
     mps_binary: str = "nvidia-cuda-mps-control"
     status_host_dir: str = VAI_STATUS_HOST_DIR
@@ -205,7 +209,9 @@ class NodeAgent:
             cfg.plugin_dir,
             memory_limit=cfg.memory_limit,
             shim_host_path=cfg.shim_host_path,
-            mps_pipe_dir=cfg.mps_pipe_dir,
+            mps_pipe_dir=cfg.mps_pipe_host_dir or cfg.mps_pipe_dir,
+            mps_shm_host_dir=cfg.mps_shm_host_dir,
+            mps_mounts=cfg.mps_mounts or ("ro" if cfg.mps else "none"),
             status_host_dir=cfg.status_host_dir,
             limits_host_dir=cfg.limits_host_dir,
             only_uuids=uuids or None,

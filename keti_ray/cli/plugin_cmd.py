@@ -19,6 +19,8 @@ from keti_ray.constants import (
     LIMITS_HOST_DIR,
     MPS_LOG_DIR,
     MPS_PIPE_DIR,
+    MPS_PIPE_HOST_DIR,
+    MPS_SHM_HOST_DIR,
     SHIM_HOST_DIR,
     SHIM_LIBRARY_NAME,
     VAI_STATUS_HOST_DIR,
@@ -36,6 +38,10 @@ POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 APISERVER_HELP = (
     "where the pods' keti.re.kr/allocation decisions come from: 'incluster' (the service "
     "account), a URL, or 'none' (the plugin chooses every GPU itself, counted as fallbacks)"
+)
+MPS_MOUNTS_HELP = (
+    "MPS shares' pipe-directory mount: 'ro' (connect only), 'rw', or 'none' (no MPS on this "
+    "node: MPS shares get neither the pipe nor the server's /dev/shm)"
 )
 
 
@@ -75,7 +81,11 @@ def plugin_gpu(
     shim_host_path: Annotated[
         str, typer.Option(help="the shim library on the host")
     ] = SHIM_HOST_PATH,
-    mps_pipe_dir: Annotated[str, typer.Option(help="host MPS pipe directory")] = MPS_PIPE_DIR,
+    mps_pipe_dir: Annotated[str, typer.Option(help="host MPS pipe directory")] = MPS_PIPE_HOST_DIR,
+    mps_shm_dir: Annotated[
+        str, typer.Option(help="host directory of the MPS server's /dev/shm")
+    ] = MPS_SHM_HOST_DIR,
+    mps_mounts: Annotated[str, typer.Option(help=MPS_MOUNTS_HELP)] = "ro",
     status_dir: Annotated[
         str, typer.Option(help="host directory for shim status")
     ] = VAI_STATUS_HOST_DIR,
@@ -103,6 +113,7 @@ def plugin_gpu(
     """Serve keti.re.kr/gpu-pct (100 SM-percent units per GPU; $GPU_UUID limits the GPUs)."""
     from keti_ray.deviceplugin.decisions import ApiServerPods, watched_finder
     from keti_ray.deviceplugin.gpu import GpuPlugin, validate_memory_limit
+    from keti_ray.deviceplugin.mpsmounts import validate_mps_mounts
     from keti_ray.deviceplugin.nvml import open_backend
     from keti_ray.deviceplugin.podresources import PodResourcesClient
 
@@ -111,6 +122,10 @@ def plugin_gpu(
         validate_memory_limit(memory_limit)
     except ValueError as e:
         fail(f"--memory-limit: {e}")
+    try:
+        validate_mps_mounts(mps_mounts)
+    except ValueError as e:
+        fail(f"--mps-mounts: {e}")
     try:
         backend = open_backend(simulate)
     except Exception as e:
@@ -131,6 +146,8 @@ def plugin_gpu(
             memory_limit=memory_limit,
             shim_host_path=shim_host_path,
             mps_pipe_dir=mps_pipe_dir,
+            mps_shm_host_dir=mps_shm_dir,
+            mps_mounts=mps_mounts,
             status_host_dir=status_dir,
             limits_host_dir=limits_dir,
             probe_interval_s=probe_interval,
@@ -271,7 +288,18 @@ def agent(
     serve_plugins: Annotated[
         bool, typer.Option(help="serve the kubelet plugins in the agent (off: a DaemonSet does)")
     ] = True,
-    mps_pipe_dir: Annotated[str, typer.Option()] = MPS_PIPE_DIR,
+    mps_pipe_dir: Annotated[
+        str, typer.Option(help="the MPS daemon's pipe directory")
+    ] = MPS_PIPE_DIR,
+    mps_pipe_host_dir: Annotated[
+        str | None, typer.Option(help="that directory on the node (default: the same path)")
+    ] = None,
+    mps_shm_host_dir: Annotated[
+        str, typer.Option(help="the MPS server's /dev/shm on the node")
+    ] = MPS_SHM_HOST_DIR,
+    mps_mounts: Annotated[
+        str | None, typer.Option(help=MPS_MOUNTS_HELP + "; default 'ro' with --mps, else 'none'")
+    ] = None,
     mps_log_dir: Annotated[str, typer.Option()] = MPS_LOG_DIR,
     status_dir: Annotated[str, typer.Option()] = VAI_STATUS_HOST_DIR,
     interval: Annotated[float, typer.Option(min=0.05, help="telemetry period, seconds")] = 1.0,
@@ -295,6 +323,13 @@ def agent(
     from keti_ray.agent.telemetry import JsonlSink, ListSink, StoreSink
 
     _setup_logging(log_level)
+    if mps_mounts is not None:
+        from keti_ray.deviceplugin.mpsmounts import validate_mps_mounts
+
+        try:
+            validate_mps_mounts(mps_mounts)
+        except ValueError as e:
+            fail(f"--mps-mounts: {e}")
     config = AgentConfig(
         plugin_dir=plugin_dir,
         gpu=gpu,
@@ -303,6 +338,9 @@ def agent(
         mps=mps,
         serve_plugins=serve_plugins,
         mps_pipe_dir=mps_pipe_dir,
+        mps_pipe_host_dir=mps_pipe_host_dir,
+        mps_shm_host_dir=mps_shm_host_dir,
+        mps_mounts=mps_mounts,
         mps_log_dir=mps_log_dir,
         status_host_dir=status_dir,
         limits_host_dir=limits_dir,

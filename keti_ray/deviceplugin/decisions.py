@@ -41,6 +41,7 @@ class Decision:
     gpus: tuple[str, ...]
     milli: int
     created: str  # the pod's creationTimestamp (RFC 3339: sorts as text)
+    mechanism: str | None = None  # mps, green or exclusive (None: not given)
 
     @property
     def pod_key(self) -> str:
@@ -121,6 +122,7 @@ def _pod_decisions(
                 gpus=tuple(ca.gpus),
                 milli=int(ca.milli),
                 created=str(meta.get("creationTimestamp") or ""),
+                mechanism=str(ca.mechanism),
             )
         )
     return out

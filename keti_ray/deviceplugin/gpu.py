@@ -5,7 +5,9 @@ request above 100 takes whole GPUs.  The GPU is the allocator's decision (the po
 `keti.re.kr/allocation` annotation, found through the API server: `decisions.py`);
 GetPreferredAllocation's local FGD choice is only the fallback where no decision exists, and
 every fallback is counted and logged.  Allocate checks the IDs against the decision and
-answers with the shim's env, its limits file and the read-only `/etc/ld.so.preload`.  Health
+answers with the shim's env, its limits file and the read-only `/etc/ld.so.preload`; an MPS
+share also gets the MPS pipe directory (read-only by default) and the server's /dev/shm
+(`mpsmounts.py`), a whole GPU or a green-context share neither.  Health
 comes from NVML XID events (fatal ones hold until a reset, `health.py`) and a periodic probe;
 records are reconciled against kubelet's PodResources API.
 """
@@ -34,6 +36,8 @@ from keti_ray.constants import (
     LIMITS_CONTAINER_PATH,
     LIMITS_HOST_DIR,
     MPS_PIPE_DIR,
+    MPS_PIPE_HOST_DIR,
+    MPS_SHM_HOST_DIR,
     SHIM_CONTAINER_PATH,
     SHIM_HOST_DIR,
     SHIM_LIBRARY_NAME,
@@ -45,6 +49,7 @@ from keti_ray.deviceplugin import limits as limitsfile
 from keti_ray.deviceplugin._gen import api_pb2 as pb
 from keti_ray.deviceplugin.allocations import GpuAllocation
 from keti_ray.deviceplugin.decisions import Decision, DecisionError, DecisionFinder
+from keti_ray.deviceplugin.mpsmounts import is_mps_tenant, mps_mounts, validate_mps_mounts
 from keti_ray.deviceplugin.nvml import GpuBackend, GpuInfo
 from keti_ray.deviceplugin.podresources import PodResourcesClient
 from keti_ray.deviceplugin.preferred import Chooser, make_chooser
@@ -108,7 +113,9 @@ class GpuPlugin(DevicePluginServer):
         chooser: Chooser | None = None,
         memory_limit: str = "proportional",
         shim_host_path: str = SHIM_HOST_PATH,
-        mps_pipe_dir: str = MPS_PIPE_DIR,
+        mps_pipe_dir: str = MPS_PIPE_HOST_DIR,
+        mps_shm_host_dir: str = MPS_SHM_HOST_DIR,
+        mps_mounts: str = "ro",
         status_host_dir: str = VAI_STATUS_HOST_DIR,
         limits_host_dir: str = LIMITS_HOST_DIR,
         probe_interval_s: float = 5.0,
@@ -148,7 +155,9 @@ class GpuPlugin(DevicePluginServer):
         self.chooser: Chooser = chooser
         self.memory_limit = validate_memory_limit(memory_limit)
         self.shim_host_path = shim_host_path
-        self.mps_pipe_dir = mps_pipe_dir
+        self.mps_pipe_dir = mps_pipe_dir  # on the host
+        self.mps_shm_host_dir = mps_shm_host_dir
+        self.mps_mounts = validate_mps_mounts(mps_mounts)  # MPS tenants' pipe: ro, rw, none
         self.status_host_dir = Path(status_host_dir)
         self.probe_interval_s = probe_interval_s
         self.recovery_probes = recovery_probes
@@ -734,11 +743,13 @@ class GpuPlugin(DevicePluginServer):
             pb.Mount(
                 container_path=LIMITS_CONTAINER_PATH, host_path=str(limits_host), read_only=True
             ),
-            pb.Mount(container_path=MPS_PIPE_DIR, host_path=self.mps_pipe_dir, read_only=False),
             pb.Mount(
                 container_path=CONTAINER_STATUS_DIR, host_path=str(status_host), read_only=False
             ),
         ]
+        decided = decision.mechanism if decision is not None else None
+        if is_mps_tenant(units, decided, self.mechanism):
+            mounts += mps_mounts(self.mps_mounts, self.mps_pipe_dir, self.mps_shm_host_dir)
         annotations = {
             ANNOTATION_UUIDS: ",".join(uuids),
             ANNOTATION_UNITS: str(units),

@@ -241,3 +241,35 @@ def test_agent_samples_land_in_the_telemetry_store(short_tmp):
     assert after and all(r["sm_pct_granted"] == round(100 * 32 / 132, 3) for r in after)
     busy = [r for r in rows if r["pod"] is None and r["gpu_uuid"] == grants[0]["gpu_uuid"]]
     assert busy and busy[-1]["sm_util_pct"] == 25.0  # the simulated model follows the grant
+
+
+@pytest.mark.parametrize("mps", [True, False])
+def test_agent_mps_setting_reaches_the_mps_mounts(short_tmp, mps):
+    """With MPS, a share gets the node's pipe directory (the host path, not the daemon's own
+    path inside the agent's container) read-only and the shm directory; without MPS, neither."""
+    kubelet = KubeletEmulator(short_tmp / "dp").start()
+    cfg = AgentConfig(
+        plugin_dir=str(short_tmp / "dp"),
+        simulate=1,
+        mps=mps,
+        mps_binary=FAKE_MPS,
+        mps_pipe_dir=str(short_tmp / "mps"),
+        mps_pipe_host_dir="/node/mps-pipe",
+        mps_shm_host_dir="/node/mps-shm",
+        mps_log_dir=str(short_tmp / "mpslog"),
+        status_host_dir=str(short_tmp / "status"),
+        limits_host_dir=str(short_tmp / "limits"),
+    )
+    agent = NodeAgent(cfg, ListSink())
+    try:
+        assert kubelet.wait_for(lambda k: k.capacity(GPU_RESOURCE) == 100, 5)
+        _, resp = kubelet.admit(GPU_RESOURCE, 40)
+        mounts = {m.container_path: (m.host_path, m.read_only) for m in resp.mounts}
+        if mps:
+            assert mounts["/tmp/nvidia-mps"] == ("/node/mps-pipe", True)
+            assert mounts["/dev/shm"] == ("/node/mps-shm", False)
+        else:
+            assert "/tmp/nvidia-mps" not in mounts and "/dev/shm" not in mounts
+    finally:
+        agent.stop(stop_mps=True)
+        kubelet.stop()

@@ -43,6 +43,7 @@ def make_gpu_plugin(plugin_dir):
         kw.setdefault("status_host_dir", str(plugin_dir / "status"))
         kw.setdefault("limits_host_dir", str(plugin_dir / "limits"))
         kw.setdefault("mps_pipe_dir", str(plugin_dir / "mps"))
+        kw.setdefault("mps_shm_host_dir", str(plugin_dir / "mps-shm"))
         kw.setdefault("shim_host_path", str(plugin_dir / "libvai_accelerator.so"))
         kw.setdefault("probe_interval_s", 0.1)
         plugin = GpuPlugin(backend, plugin_dir, **kw)

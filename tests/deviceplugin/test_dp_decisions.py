@@ -288,3 +288,24 @@ def test_pod_watch_relists_after_410_and_sees_later_pods():
         watcher.stop()
         source.close()
         api_emu.stop()
+
+
+def test_the_decided_mechanism_decides_the_mps_mounts(cluster):
+    """An MPS share gets the pipe (read-only) and the server's /dev/shm; a share the allocator
+    decided for green contexts, and a whole GPU, get neither (no control pipe to reach)."""
+    _, admin, kubelet, _plugin, uuids = cluster
+    green = ContainerAllocation(gpus=(uuids[1],), milli=300, sm_pct=30, mechanism="green")
+    got = {}
+    for name, units, decision in (
+        ("mps", 30, share([uuids[0]], 30)),
+        ("green", 30, green),
+        ("whole", 100, share([uuids[2]], 100)),
+    ):
+        bind_pod(admin, name, {"main": units}, None)
+        _annotate(admin, name, {"main": decision})
+        _, resp = kubelet.admit(R, units, pod=("default", name))
+        got[name] = {m.container_path: (m.host_path, m.read_only) for m in resp.mounts}
+    assert got["mps"]["/tmp/nvidia-mps"] == ("/run/keti-ray/mps-pipe", True)
+    assert got["mps"]["/dev/shm"] == ("/run/keti-ray/mps-shm", False)
+    for name in ("green", "whole"):
+        assert "/tmp/nvidia-mps" not in got[name] and "/dev/shm" not in got[name], name

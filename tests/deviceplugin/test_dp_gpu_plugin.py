@@ -138,8 +138,13 @@ def test_allocate_env_and_mounts(kubelet, make_gpu_plugin, plugin_dir, units):
     assert got == want
     shim = mounts[SHIM_CONTAINER_PATH]
     assert shim.read_only and shim.host_path == str(plugin_dir / "libvai_accelerator.so")
-    assert mounts[MPS_PIPE_DIR].host_path == str(plugin_dir / "mps")
-    assert not mounts[MPS_PIPE_DIR].read_only
+    if units < 100:  # an MPS share: the pipe read-only (connect only), the server's shm rw
+        assert mounts[MPS_PIPE_DIR].host_path == str(plugin_dir / "mps")
+        assert mounts[MPS_PIPE_DIR].read_only
+        assert mounts["/dev/shm"].host_path == str(plugin_dir / "mps-shm")
+        assert not mounts["/dev/shm"].read_only
+    else:  # whole GPUs: no MPS, so neither the control pipe nor the server's shared memory
+        assert MPS_PIPE_DIR not in mounts and "/dev/shm" not in mounts
     status = mounts[CONTAINER_STATUS_DIR]
     assert status.host_path.startswith(str(plugin_dir / "status")) and not status.read_only
     assert Path(status.host_path).is_dir()
@@ -339,3 +344,27 @@ def test_a_probe_that_raises_marks_unhealthy_and_the_watcher_survives(kubelet, p
         assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 2)
     finally:
         plugin.stop()
+
+
+@pytest.mark.parametrize(
+    ("kw", "pipe_ro"),
+    [({"mps_mounts": "rw"}, False), ({"mps_mounts": "none"}, None), ({"mechanism": "green"}, None)],
+)
+def test_mps_mounts_follow_the_node_setting(kubelet, make_gpu_plugin, plugin_dir, kw, pipe_ro):
+    """rw where a driver's client must write; none where the node runs no MPS; a green-context
+    node's shares are no MPS clients, so they get neither mount."""
+    plugin, _ = make_gpu_plugin(1, **kw)
+    plugin.start()
+    assert kubelet.wait_for(lambda k: k.capacity(R) == 100, 5)
+    _, resp = kubelet.admit(R, 30)
+    mounts = {m.container_path: m for m in resp.mounts}
+    if pipe_ro is None:
+        assert MPS_PIPE_DIR not in mounts and "/dev/shm" not in mounts
+    else:
+        assert mounts[MPS_PIPE_DIR].read_only is pipe_ro
+        assert mounts["/dev/shm"].host_path == str(plugin_dir / "mps-shm")
+
+
+def test_bad_mps_mounts_names_the_accepted_forms(make_gpu_plugin):
+    with pytest.raises(ValueError, match=r"mps_mounts must be one of \('ro', 'rw', 'none'\)"):
+        make_gpu_plugin(1, mps_mounts="readonly")

@@ -199,7 +199,8 @@ def test_plugin_daemonset(manifests: list[Manifest], name: str, kind: str, socke
 def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> None:
     spec = daemonset(manifests, "keti-gpu-plugin")["spec"]["template"]["spec"]
     host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert host["mps-pipe"] == C.MPS_PIPE_DIR
+    # off /tmp/nvidia-mps, which the NVIDIA runtime would mount into every GPU container
+    assert host["mps-pipe"] == C.MPS_PIPE_HOST_DIR != C.MPS_PIPE_DIR
     assert host["mps-log"] == C.MPS_LOG_DIR
     assert host["vai-status"] == C.VAI_STATUS_HOST_DIR
     assert host["vai-shim"] == C.SHIM_HOST_DIR
@@ -208,11 +209,13 @@ def test_gpu_daemonset_paths_are_the_constants(manifests: list[Manifest]) -> Non
     for c in spec["containers"]:
         env = env_of(c)
         # Every env var that names a directory points where that directory is mounted.
-        for var, vol in (
-            (C.ENV_MPS_PIPE_DIRECTORY, "mps-pipe"),
-            (C.ENV_VAI_STATUS_DIR, "vai-status"),
-        ):
+        for var, vol in ((C.ENV_VAI_STATUS_DIR, "vai-status"),):
             assert env[var] == mount_path(c, vol) == host[vol]
+        # the daemon's pipes at the tenants' path; Allocate is told where they are on the node
+        assert env[C.ENV_MPS_PIPE_DIRECTORY] == mount_path(c, "mps-pipe") == C.MPS_PIPE_DIR
+        args = c.get("command", []) + c.get("args", [])
+        assert f"--mps-pipe-host-dir={host['mps-pipe']}" in args
+        assert f"--mps-shm-host-dir={host['mps-shm']}" in args
         assert env[C.ENV_NVIDIA_VISIBLE_DEVICES] == "all"
     # The shim comes from the ConfigMap that `keti-ray shim configmap` prints.
     shim = volume(spec, "shim-src")["configMap"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from keti_ray.booking.service import served_pod
 from keti_ray.cluster import ClusterState
 from keti_ray.replay import tune_workload
 from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
@@ -21,6 +22,7 @@ from keti_ray.rl.env import AllocationEnv
 from keti_ray.rl.module import CandidateScorer
 from keti_ray.rl.policy import PPOAllocator, load_ppo_allocator
 from keti_ray.service import AllocationService, PolicySpec
+from keti_ray.shares import smallest_gpu_sms
 
 K, EXTRA = 8, 2
 
@@ -68,22 +70,24 @@ def test_dry_runs_priorities_and_releases_do_not_shift_decisions(openb, tmp_path
     for i, pod in enumerate(workload):
         other = workload[(i + 7) % len(workload)]
         for probe in (other, pod):  # dry runs and priorities: must change nothing
-            if probe.name not in service.state.placements:
+            if f"default/{probe.name}" not in service.state.placements:
                 try:
                     service.allocate(probe, dry_run=True)
                 except Exception:  # nothing fits: also a no-op
                     pass
-                service.policy.node_scores(service.state, probe)
+                service.prioritize(probe, service.state.names[:20])  # the extender path
         if i % 9 == 8 and placed:  # releases lower what the cluster holds
             assert service.release(placed.pop(int(rng.integers(len(placed)))))
         fresh = load_ppo_allocator(root, typical=typical, seed=5)
-        expected = fresh.place(service.state.copy(), pod)
+        # the pod as the service books it (keti_ray.shares: the smallest GPU's minimum share)
+        booked = served_pod(pod, smallest_gpu_sms(service.state.models))
+        expected = fresh.place(service.state.copy(), booked)
         try:
             service.allocate(pod)
         except Exception:
             assert expected is None
             continue
-        got = service.state.placements[pod.name][1]
+        got = service.state.placements[f"default/{pod.name}"][1]
         assert (got.node, got.gpus) == (expected.node, expected.gpus), i
         compared += 1
         placed.append(pod.name)
