@@ -36,6 +36,7 @@ from keti_ray.constants import (
 )
 from keti_ray.paths import REPO_DIR
 from keti_ray.podenv import CONTAINER_STATUS_DIR
+from keti_ray.quantity import shim_memory_bytes
 
 NATIVE_DIR = REPO_DIR / "native" / "vai_accelerator"
 BUILD_PATH = NATIVE_DIR / "build" / SHIM_LIBRARY_NAME
@@ -45,9 +46,6 @@ CONFIGMAP_MAX_BYTES = 1 << 20  # Kubernetes refuses ConfigMaps over 1 MiB
 LOG_LEVELS = ("error", "warn", "info", "debug")
 MECHANISMS = ("mps", "green", "auto")
 MAX_DEVICE_SMS = 4096  # the C parser's bound (config.c, vai_parse_device_sms)
-
-_MEMORY_RE = re.compile(r"^([0-9]{1,19})(Ki|Mi|Gi|Ti)?$")
-_UNIT_SHIFT = {None: 0, "Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40}
 
 
 class ShimError(RuntimeError):
@@ -77,17 +75,9 @@ def check_pct(pct: int) -> int:
 
 
 def parse_memory_limit(value: str) -> int:
-    """Bytes of a VAI_MEMORY_LIMIT value: a positive integer, optionally with Ki, Mi, Gi or Ti."""
-    m = _MEMORY_RE.match(value) if isinstance(value, str) else None
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        shift = _UNIT_SHIFT[unit]
-        if 0 < n and n <= (2**64 - 1) >> shift:
-            return n << shift
-    raise ValueError(
-        f"{ENV_VAI_MEMORY_LIMIT} must be a positive number of bytes, optionally with Ki, Mi, Gi "
-        f"or Ti (e.g. 536870912, 512Mi, 20Gi), got {value!r}"
-    )
+    """Bytes of a VAI_MEMORY_LIMIT value: a positive integer, optionally with Ki, Mi, Gi or Ti
+    (keti_ray/quantity.py, the one memory parser, in the shim's narrower form)."""
+    return shim_memory_bytes(value, ENV_VAI_MEMORY_LIMIT)
 
 
 def check_log_level(level: str) -> str:

@@ -1,8 +1,8 @@
 """Ray Serve allocator: FastAPI ingress in front of the cluster-state actor.
 
 Routes: POST /allocate, POST /release, GET /partition, GET /bookings, GET /health, GET /ready,
-GET /metrics, POST /scheduler/filter, POST /scheduler/prioritize, GET /docs, /redoc,
-/openapi.json. With KETI_RAY_TOKEN set, every route but /health and /ready needs
+GET /metrics, POST /telemetry, POST /scheduler/filter, POST /scheduler/prioritize, GET /docs,
+/redoc, /openapi.json. With KETI_RAY_TOKEN set, every route but /health and /ready needs
 `Authorization: Bearer <token>` (serve/http.py). Bodies over 1 MB get 413. The policy comes
 from the deployment's `user_config` ({"policy": "fgd"}, {"checkpoint": PATH} or
 {"pointer": PATH}), so a new checkpoint is rolled out with `serve deploy` and no restart.
@@ -24,7 +24,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import k8s_routes
+from serve import k8s_routes, telemetry_routes
 from serve.extender import (
     MAX_EXTENDER_PRIORITY,
     ExtenderError,
@@ -62,6 +62,7 @@ api.add_exception_handler(RequestValidationError, validation_error)
 api.add_exception_handler(StarletteHTTPException, http_error)
 api.include_router(k8s_routes.router)  # Kubernetes: the extender's bindVerb, /k8s/status
 api.include_router(ui_router)  # /ui: the operator's view (serve/ui/)
+api.include_router(telemetry_routes.router)  # POST /telemetry: node agents' pushes
 
 
 class StateUnavailable(HTTPException):
@@ -103,7 +104,11 @@ def _single(result: dict) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse(
         status_code=status,
-        content={"detail": result["error"], "pod": result["pod"]},
+        content={
+            "detail": result["error"],
+            "pod": result["pod"],
+            **({"conflict": result["conflict"]} if "conflict" in result else {}),
+        },
         headers=headers,
     )
 

@@ -41,7 +41,7 @@ class StateFacade:
         if status == 200:
             return result
         error = str(result.get("error", ""))
-        if status == 409 and "booked already" in error:
+        if status == 409 and result.get("conflict") is True:
             raise Conflict(error)
         if status == 409:
             raise NoFit(error)
@@ -56,6 +56,8 @@ class StateFacade:
 
 class Conflict(Exception):
     """The pod is booked already, differently."""
+
+    conflict = True
 
 
 class NoFit(Exception):

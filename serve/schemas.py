@@ -4,9 +4,17 @@ DNS-1123 label."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from keti_ray.booking import pod_key
 from keti_ray.cluster import MAX_GPUS_PER_POD, MILLI_PER_GPU, PodRequest, pod_request_problems
@@ -126,3 +134,85 @@ class ReleaseIn(BaseModel):
     @property
     def key(self) -> str:
         return pod_key(self.pod, self.namespace)
+
+
+# ---- POST /telemetry: what keti_ray/agent/telemetry.py's HttpSink sends ------------------------
+
+MAX_RECORDS = 10_000  # a node samples a few dozen records a second; 1 MB bounds it as well
+MAX_INVENTORY = 64  # GPUs on one node
+BATCH_ID = r"^[A-Za-z0-9][-A-Za-z0-9_]{0,63}$"
+Text = Annotated[str, Field(max_length=253)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class RecordIn(BaseModel):
+    """A sampler record: `kind`, `ts`, `node`; fields of other kinds are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Annotated[str, Field(min_length=1, max_length=32)]
+    ts: Finite
+    node: NodeName
+
+
+class GpuRecordIn(RecordIn):
+    kind: Literal["gpu"]
+    gpu_uuid: Annotated[str, Field(min_length=1, max_length=128)]
+    sm_pct: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+    memory_used_mib: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class AllocationRecordIn(RecordIn):
+    kind: Literal["allocation"]
+    gpu_uuid: Annotated[str, Field(min_length=1, max_length=128)]
+    allocation_id: Text | None = None
+    pod: Text | None = None
+    sms_granted: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    sms_device: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    mechanism: Annotated[str, Field(max_length=32)] | None = None
+
+
+def _record_kind(value: Any) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in ("gpu", "allocation") else "other"
+
+
+Record = Annotated[
+    Annotated[GpuRecordIn, Tag("gpu")]
+    | Annotated[AllocationRecordIn, Tag("allocation")]
+    | Annotated[RecordIn, Tag("other")],
+    Discriminator(_record_kind),
+]
+
+
+class GpuInventoryIn(BaseModel):
+    """One GPU of the node (keti_ray/deviceplugin/nvml.py's GpuInfo)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    index: Annotated[int, Field(ge=0, le=MAX_INVENTORY)]
+    uuid: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Text
+    sm_count: Annotated[int, Field(ge=0, le=100_000)]
+    memory_mib: Annotated[int, Field(ge=0)]
+
+
+class TelemetryIn(BaseModel):
+    """One batch of a node's telemetry; `batch` keeps its ID when the agent re-sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node: NodeName
+    batch: Annotated[str, Field(pattern=BATCH_ID)]
+    inventory: Annotated[list[GpuInventoryIn], Field(max_length=MAX_INVENTORY)] = []
+    records: Annotated[list[Record], Field(max_length=MAX_RECORDS)]
+
+    @model_validator(mode="after")
+    def _one_node(self) -> TelemetryIn:
+        for i, r in enumerate(self.records):
+            if r.node != self.node:
+                raise ValueError(
+                    f"records[{i}].node is {r.node[:63]!r}; a batch carries its own node's "
+                    f"records only ({self.node[:63]!r})"
+                )
+        return self

@@ -7,18 +7,24 @@ failure and rebuilds its bookings and serving policy from the booking store.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
 from keti_ray.booking import AllocationService, PolicySpec, StoreUnavailable
+from keti_ray.calibration import CalibrationError, workload_mix
 from keti_ray.cluster import NodeSpec, PodRequest
 from keti_ray.fragmentation import TypicalPods
+from keti_ray.k8s.live_mix import MIN_PODS
 from keti_ray.k8s.runtime import api_from_env, initial_nodes, start_live_mix, start_sync
 from keti_ray.simcluster import simulated_nodes
 from keti_ray.telemetry import TelemetryStore
 from keti_ray.trace import load_nodes, load_pods
+
+log = logging.getLogger("keti_ray.serve.state")
 
 STATE_ACTOR_NAME = "keti-ray-allocator-state"
 RAY_NAMESPACE = "keti-ray"
@@ -59,7 +65,26 @@ class ClusterSource:
         return simulated_nodes(self.sim_nodes or 4)
 
     def typical(self) -> TypicalPods | None:
+        """FGD's typical pods: the mix of the allocator's own `allocate` events where the
+        telemetry dir holds enough of them (what the live mix then keeps up to date), else
+        the pods CSV's, else None (the service's default mix)."""
+        live = self.telemetry_typical()
+        if live is not None:
+            return live
         return TypicalPods.from_pods(load_pods(self.pods_csv)) if self.pods_csv else None
+
+    def telemetry_typical(self, min_pods: int = MIN_PODS) -> TypicalPods | None:
+        if not self.telemetry_dir or not (Path(self.telemetry_dir) / "wal").is_dir():
+            return None  # no telemetry yet (and do not create the directory here)
+        try:
+            events = TelemetryStore(self.telemetry_dir, writer="typical-mix").read("events")
+            mix = workload_mix(events)
+            return mix.typical() if mix.pods_seen >= min_pods else None
+        except CalibrationError:
+            return None
+        except ValueError as exc:  # unreadable telemetry must not keep the allocator down
+            log.warning("typical pods from %s: %s; using the default", self.telemetry_dir, exc)
+            return None
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -107,6 +132,20 @@ class AllocatorState:
             return {"released": self.service.release(key, uid)}
         except StoreUnavailable as exc:
             return {"status": 503, "error": str(exc)}
+
+    def push_telemetry(
+        self, node: str, batch: str, inventory: list[dict], records: list[dict]
+    ) -> dict:
+        """A node agent's batch: {"status": 200, ...}, 422 naming the record, or 503."""
+        try:
+            return {"status": 200, **self.service.push_telemetry(node, batch, inventory, records)}
+        except ValueError as exc:
+            return {"status": 422, "error": str(exc)}
+        except StoreUnavailable as exc:
+            return {"status": 503, "error": str(exc)}
+
+    def telemetry_status(self) -> dict:
+        return self.service.ingest.status()
 
     def partition(self) -> dict:
         return self.service.partition()

@@ -190,3 +190,20 @@ def test_the_smallest_share_is_the_smallest_gpus_unless_the_node_is_named():
     assert anywhere.gpus[0]["milli"] == 200  # 8 of a T4's 40 SMs: 20%, wherever it lands
     bound = service.allocate(pod("b", num=1, milli=5), node="sim-node-00")
     assert (bound.node, bound.gpus[0]["milli"], bound.gpus[0]["sms"]) == ("sim-node-00", 70, 8)
+
+
+def test_decisions_flag_a_conflict_apart_from_a_nofit():
+    """What a bind tests to replace a stale booking: the flag, not the error text."""
+    service = AllocationService(simulated_nodes(1))
+    service.allocate(pod("all", num=8, milli=1000))
+    conflict, nofit, same = service.decide_json(
+        [(pod("all", num=1, milli=100), False), (pod("more", num=1, milli=100), False),
+         (pod("all", num=8, milli=1000), False)]
+    )  # fmt: skip
+    assert (conflict["status"], conflict["conflict"]) == (409, True)
+    assert "booked already" in conflict["error"]
+    assert (nofit["status"], nofit["conflict"]) == (409, False)
+    assert same["status"] == 200 and "conflict" not in same
+    with pytest.raises(Conflict) as raised:
+        service.allocate(pod("all", num=1, milli=100))
+    assert raised.value.conflict is True

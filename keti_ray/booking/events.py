@@ -20,7 +20,7 @@ log = logging.getLogger("keti_ray.booking.events")
 
 
 class EventWriter:
-    """Bounded queue + writer thread in front of a TelemetryStore."""
+    """Bounded queue + writer thread in front of a TelemetryStore (one record kind)."""
 
     def __init__(
         self,
@@ -31,8 +31,10 @@ class EventWriter:
         batch: int = 512,
         period_s: float = 1.0,
         flush_s: float = 10.0,
+        kind: str = "events",
     ) -> None:
         self.store = store
+        self.kind = kind  # the telemetry store's record kind these rows are
         self.on_drop = on_drop
         self.frag_pct = frag_pct
         self.batch = batch
@@ -45,6 +47,14 @@ class EventWriter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
         self._thread.start()
+
+    def offer_many(self, rows: list[dict]) -> int:
+        """Queue rows; those that do not fit are dropped (and counted). Returns rows queued."""
+        for i, row in enumerate(rows):
+            if not self.offer(row):
+                self.on_drop(len(rows) - i - 1)
+                return i
+        return len(rows)
 
     def offer(self, event: dict) -> bool:
         """Queue one event; False (and counted) when the queue is full."""
@@ -75,7 +85,7 @@ class EventWriter:
                 if events:
                     if self.frag_pct is not None:
                         events[-1]["frag_pct"] = self.frag_pct()
-                    self.written += self.store.push("events", events)
+                    self.written += self.store.push(self.kind, events)
                 if time.monotonic() - last_flush > self.flush_s:
                     self.store.flush()
                     last_flush = time.monotonic()

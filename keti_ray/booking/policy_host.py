@@ -151,6 +151,27 @@ class PolicyHost:
             self.on_change(spec, version)
         return version
 
+    def set_typical(self, typical: TypicalPods) -> str:
+        """A new typical-pod mix (the live mix): the serving policy is rebuilt with it, so
+        FGD (or the PPO policy's FGD features) scores for the pods that come now. A rebuild
+        that fails keeps the current allocator (and says why in `error`)."""
+        with self._swap:
+            self.typical = typical
+            spec = self.spec
+            try:
+                allocator, version = POLICIES[spec.name](spec, typical, self.seed)
+            except Exception as exc:
+                self.error = (
+                    f"new typical-pod mix not applied to {self.version}: "
+                    f"{type(exc).__name__}: {str(exc)[:300]}"
+                )
+                log.warning("%s", self.error)
+                return self.version
+            with self._lock:
+                if self.spec == spec:
+                    self.allocator, self.version = allocator, version
+            return self.version
+
     def refresh_pointer(self) -> str:
         """Follow a serving pointer that a retrain has switched since the last look; a
         pointer that cannot be read, or names a refused checkpoint, keeps the current one."""

@@ -23,6 +23,7 @@ from keti_ray.allocators import make_allocator
 from keti_ray.allocators.base import Allocator
 from keti_ray.allocators.gpu_select import best_fit_gpu
 from keti_ray.booking.events import EventWriter
+from keti_ray.booking.ingest import TelemetryIngest
 from keti_ray.booking.legacy import read_legacy_journal
 from keti_ray.booking.metrics import ServiceMetrics
 from keti_ray.booking.policy_host import PolicyHost, PolicySpec
@@ -62,6 +63,8 @@ class NoFit(Exception):
 
 class Conflict(Exception):
     """The pod is booked already with a different request (HTTP 409, naming the pod)."""
+
+    conflict = True  # what a bind tests (keti_ray/k8s/bind.py), also through a Ray wrapper
 
 
 def pod_key(name: str, namespace: str | None = None) -> str:
@@ -178,6 +181,7 @@ class AllocationService:
             if telemetry is not None
             else None
         )
+        self.ingest = TelemetryIngest(self.store, telemetry, self.metrics.telemetry_dropped.inc)
         if follow_pointer_s:
             self.policies.start_follower(follow_pointer_s)
 
@@ -301,6 +305,20 @@ class AllocationService:
         self.metrics.serving(version)
         return version
 
+    def set_typical(self, typical: TypicalPods) -> str:
+        """FGD's typical-pod mix, swapped between two decisions (keti_ray/k8s/live_mix.py
+        calls it): the serving policy, the FGD scorer of prioritize and the fragmentation
+        model are rebuilt for it. The policy is rebuilt first, outside the lock (a PPO
+        checkpoint loads slowly), and swaps atomically itself. Returns the version serving."""
+        version = self.policies.set_typical(typical)
+        scorer = make_allocator("fgd", typical, self.seed)
+        with self._lock:
+            self.typical = typical
+            self._fgd_scorer = scorer
+            self._frag_model = FragmentationModel(typical, self.state.models)
+            self._frag_cache = (0.0, 0.0)
+        return version
+
     def refresh_pointer(self) -> str:
         version = self.policies.refresh_pointer()
         self.metrics.serving(version)
@@ -346,11 +364,14 @@ class AllocationService:
 
     @staticmethod
     def _public(result: dict) -> dict:
-        out = {
-            k: v
-            for k, v in result.items()
-            if k not in ("decision", "conflict", "booked", "seconds")
-        }
+        """A 409 says by `conflict` which it is: True = the pod is booked already with another
+        request (release it first), False = nothing fits now. Callers test the flag, not the
+        error text."""
+        out = {k: v for k, v in result.items() if k not in ("decision", "booked", "seconds")}
+        if out["status"] == 409:
+            out["conflict"] = bool(result.get("conflict"))
+        else:
+            out.pop("conflict", None)
         if "decision" in result:
             out.update(result["decision"].as_dict())
         return out
@@ -733,6 +754,17 @@ class AllocationService:
             }
         )
 
+    def push_telemetry(
+        self,
+        node: str,
+        batch: str,
+        inventory: Sequence[dict[str, Any]],
+        records: Sequence[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A node agent's pushed batch (POST /telemetry), each batch ID once (booking/ingest.py);
+        StoreUnavailable when the ID cannot be recorded (the agent retries)."""
+        return self.ingest.push(node, batch, inventory, records)
+
     def push_events(self, timeout_s: float = 10.0) -> int:
         """Wait until the telemetry writer has logged every queued event; rows written."""
         if self.events is None:
@@ -744,6 +776,7 @@ class AllocationService:
         self.policies.stop()
         if self.events is not None:
             self.events.close()
+        self.ingest.close()
         self.store.close()
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 LEGACY_SUFFIX = ".v0-journal"  # where an old JSON journal at the state path is moved to
 
@@ -44,6 +44,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
                booked_at  REAL NOT NULL,
                set_aside  TEXT                       -- NULL = active, else why it is not
            )""",
+    ),
+    # Telemetry batch IDs a node agent pushed (POST /telemetry): a batch whose answer was
+    # lost is sent again, and must be dropped even after the state actor restarts.
+    2: (
+        """CREATE TABLE telemetry_batches (
+               batch        TEXT PRIMARY KEY,
+               node         TEXT NOT NULL,
+               received_at  REAL NOT NULL)""",
+        "CREATE INDEX telemetry_batches_age ON telemetry_batches (received_at)",
     ),
 }
 
@@ -260,6 +269,23 @@ class Transaction:
 
     def set_aside(self, pod: str, reason: str) -> None:
         self.conn.execute("UPDATE bookings SET set_aside = ? WHERE pod = ?", (reason, pod))
+
+    def claim_batch(self, batch: str, node: str, at: float) -> bool:
+        """Record a telemetry batch ID; False when it was seen already (a re-sent batch)."""
+        return (
+            self.conn.execute(
+                "INSERT OR IGNORE INTO telemetry_batches (batch, node, received_at) "
+                "VALUES (?, ?, ?)",
+                (batch, node, at),
+            ).rowcount
+            > 0
+        )
+
+    def forget_batches(self, before: float) -> int:
+        """Drop batch IDs received before `before` (no agent re-sends a batch that old)."""
+        return self.conn.execute(
+            "DELETE FROM telemetry_batches WHERE received_at < ?", (before,)
+        ).rowcount
 
     def set_meta(self, key: str, value: Any) -> None:
         self.conn.execute(

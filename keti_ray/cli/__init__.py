@@ -27,6 +27,7 @@ def _register() -> None:
     """Import the subcommand modules; each adds its commands to `app`."""
     from keti_ray.cli import (  # noqa: F401
         eval_cmd,
+        nodes_cmd,
         plugin_cmd,
         report_cmd,
         retrain_cmd,

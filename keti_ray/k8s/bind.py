@@ -90,6 +90,13 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(c.__name__ == name for c in type(exc).__mro__)
 
 
+def _is_conflict(exc: BaseException) -> bool:
+    """The facade's "booked already, with another request" outcome: its exception carries
+    `conflict = True` (the service's and serve/k8s_routes.py's Conflict), never read from the
+    message text."""
+    return getattr(exc, "conflict", False) is True or _is(exc, "Conflict")
+
+
 class Binder:
     """bindVerb against one API server and one allocation service."""
 
@@ -163,7 +170,7 @@ class Binder:
             try:
                 return _decision_dict(self.facade.allocate(request, node=node, uid=uid))
             except Exception as exc:
-                if _is(exc, "Conflict") and attempt == 1:
+                if _is_conflict(exc) and attempt == 1:
                     # booked before by a bind that did not complete (the pod is still unbound,
                     # or this call would not be made): that booking is stale; take it back
                     log.info("%s: replacing a stale booking: %s", request.name, exc)

@@ -21,6 +21,8 @@ from keti_ray.telemetry import TelemetryStore
 
 log = logging.getLogger("keti_ray.k8s.live_mix")
 
+MIN_PODS = 20  # fewer allocate events than this say too little about the mix: keep the current
+
 
 class LiveMix:
     """Periodic calibration of the typical pods; `apply(typical)` installs them."""
@@ -31,7 +33,7 @@ class LiveMix:
         apply: Callable[[TypicalPods], None],
         window_s: float = 3600.0,
         period_s: float = 300.0,
-        min_pods: int = 20,
+        min_pods: int = MIN_PODS,
     ) -> None:
         self.store = TelemetryStore(telemetry_dir, writer="live-mix")
         self.apply = apply

@@ -12,26 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 
 from fastapi import HTTPException, Request, Response
 
-from keti_ray.constants import ENV_TOKEN
+from serve.http import configured_token
 
 SESSION_COOKIE = "keti_ui_session"
 SESSION_TTL_S = 12 * 3600
 
 
-def configured_token(request: Request) -> str | None:
-    """The allocator's token, looked up as `serve.app.require_token` does (app, then env)."""
-    token = getattr(request.app.state, "token", None)
-    return token or os.environ.get(ENV_TOKEN) or None
-
-
 def _bearer_ok(request: Request, token: str) -> bool:
+    """Compared as bytes, as serve/http.py's require_token does: a non-ASCII header is a
+    refusal, never a 500 (Starlette decodes headers as latin-1; encoding back is exact)."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("latin-1"), token.encode("utf-8")
+    )
 
 
 def _signature(token: str, expires: int) -> str:

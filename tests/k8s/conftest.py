@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from kubernetes import client
 
-sys.path.insert(0, str(Path(__file__).parent))  # the emulator is imported as a plain module
-from apiserver_emulator import ApiServerEmulator  # noqa: E402
-from k8s_cluster import core_api  # noqa: E402
+# Helpers are imported by package path (tests.k8s.*), never as bare modules: a bare
+# `conftest` or helper name resolves to whichever folder's was imported first.
+from .apiserver_emulator import ApiServerEmulator
+from .k8s_cluster import core_api
 
 
 @pytest.fixture

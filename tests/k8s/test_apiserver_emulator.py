@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from k8s_cluster import core_api
 from kubernetes import client, watch
+
+from .k8s_cluster import core_api
 
 
 def pod(name: str, node: str | None = None, **meta) -> dict:

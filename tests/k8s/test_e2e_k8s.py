@@ -27,10 +27,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from apiserver_emulator import ApiServerEmulator
-from k8s_certs import TestCA
-from k8s_cluster import SchedulerStandIn, cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
-from k8s_gate import RunningGate
 
 from keti_ray.constants import (
     ENV_BLESS_LIMIT_PCT,
@@ -41,6 +37,11 @@ from keti_ray.constants import (
     GPU_RESOURCE,
 )
 from keti_ray.shares import limit_pct
+
+from .apiserver_emulator import ApiServerEmulator
+from .k8s_certs import TestCA
+from .k8s_cluster import SchedulerStandIn, cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
+from .k8s_gate import RunningGate
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "deviceplugin"))
 from kubelet_emulator import KubeletEmulator  # noqa: E402

@@ -4,10 +4,11 @@ container's keti.re.kr/gpu-pct becomes GPUs and a share (bad input names the fie
 from __future__ import annotations
 
 import pytest
-from k8s_cluster import gpu_node_body, gpu_pod_body
 
 from keti_ray.constants import ANN_GPU_SM_COUNT, ANN_GPU_UUIDS, GPU_RESOURCE
 from keti_ray.k8s.objects import ObjectError, gpu_node, gpu_pod
+
+from .k8s_cluster import gpu_node_body, gpu_pod_body
 
 UUIDS = [f"GPU-{i:08d}-0000-0000-0000-000000000000" for i in range(4)]
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from k8s_cluster import cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
 from kubernetes import client
 
 from keti_ray.annotations import decode_allocation
 from keti_ray.booking import AllocationService
+from keti_ray.cluster import PodRequest
 from keti_ray.constants import ANN_ALLOCATION
 from keti_ray.k8s.bind import Binder
 from keti_ray.k8s.runtime import initial_nodes, start_sync
+
+from .k8s_cluster import cluster_role_rules, core_api, gpu_node_body, gpu_pod_body
 
 UUIDS = {
     "n1": ["GPU-11111111-0000-0000-0000-000000000001", "GPU-11111111-0000-0000-0000-000000000002"],
@@ -85,6 +87,22 @@ def test_bind_books_annotates_and_binds(cluster):
     assert c.sms == 132 * 30 // 100 // 2 * 2  # MPS: even SMs of the node's 132
     assert bind(cluster, pod, "n2") == {"Error": ""}  # a retried bind: bound already, fine
     assert len(cluster["service"].bookings()) == 1
+
+
+def test_a_stale_booking_of_the_pod_is_replaced_by_its_bind(cluster):
+    """A bind that booked and then died left a booking with another request on another node:
+    the facade flags it a conflict (not a no-fit), so the next bind takes it back and books."""
+    pod = create(cluster["admin"], "st", 30)
+    stale = PodRequest("default/st", 250, 256, 1, 400)
+    cluster["service"].allocate(stale, node="n1", uid=pod.metadata.uid)
+    (answer,) = cluster["service"].decide_json(
+        [(PodRequest("default/st", 250, 256, 1, 300), False, "n2", pod.metadata.uid)]
+    )
+    assert answer["status"] == 409 and answer["conflict"] is True
+    assert bind(cluster, pod, "n2") == {"Error": ""}
+    b = booked(cluster)["default/st"]
+    assert b["node"] == "n2" and b["milli"] == [300]
+    assert cluster["admin"].read_namespaced_pod("st", "default").spec.node_name == "n2"
 
 
 def test_multi_container_pods_are_booked_per_container(cluster):

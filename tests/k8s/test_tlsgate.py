@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from k8s_certs import TestCA
-from k8s_gate import RunningGate
+
+from .k8s_certs import TestCA
+from .k8s_gate import RunningGate
 
 
 class Upstream(BaseHTTPRequestHandler):

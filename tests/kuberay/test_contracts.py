@@ -387,6 +387,7 @@ def test_rbac_rules_are_exact(manifests: list[Manifest]) -> None:
         ("pods/binding", "create"),
     }
     assert _rules(manifests, "keti-node-agent") == {("pods", "list"), ("nodes", "patch")}
+    assert _rules(manifests, "keti-trainer") == {("nodes", "list")}  # keti-ray nodes --from-k8s
 
 
 def test_keti_images_are_one_image(manifests: list[Manifest]) -> None:
@@ -431,3 +432,45 @@ def test_the_tls_gate_command_parses(manifests: list[Manifest]) -> None:
     assert gate["command"][:3] == ["python", "-m", "keti_ray.k8s.tlsgate"]
     args = build_parser().parse_args(gate["command"][3:])
     assert args.client_ca and args.token_file and args.cert and args.key
+
+
+def _entrypoint_commands(entrypoint: str) -> tuple[dict[str, str], list[list[str]]]:
+    """A RayJob entrypoint (a shell line) as its variable assignments and its commands."""
+    assigned, commands = {}, []
+    for part in entrypoint.split("&&"):
+        assignment = re.match(r"^\s*([A-Z_]+)=(\S+(?: \S+\))?)\s*$", part)
+        if assignment:  # NAME=value, where the value may be one $(...) with a space
+            assigned[assignment[1]] = assignment[2]
+        else:
+            commands.append(shlex.split(part))
+    return assigned, commands
+
+
+def test_the_retrain_job_passes_the_live_node_list(manifests: list[Manifest]) -> None:
+    """`keti-ray retrain` needs `--nodes` (no simulated nodes): the RayJob writes the API
+    server's node list into the run folder first and retrains on that file. Both commands
+    parse with the CLI, and the training head runs as the account allowed to list nodes."""
+    import typer.main
+
+    from keti_ray.cli import _register, app
+
+    _register()
+    group = typer.main.get_command(app)
+    job = find(manifests, "RayJob", "keti-retrain").doc
+    assigned, commands = _entrypoint_commands(job["spec"]["entrypoint"])
+    assert [argv[:2] for argv in commands] == [["keti-ray", "nodes"], ["keti-ray", "retrain"]]
+    params = {}
+    for argv in commands:
+        cmd = group.get_command(None, argv[1])
+        params[argv[1]] = cmd.make_context(argv[1], list(argv[2:])).params
+    nodes, retrain = params["nodes"], params["retrain"]
+    assert nodes["from_k8s"] is True and nodes["apiserver"] == C.K8S_IN_CLUSTER
+    assert str(retrain["nodes"]) == str(nodes["out"])  # the file just written
+    assert str(nodes["out"]).startswith("$RUN/") and str(retrain["out"]) == "$RUN"
+    assert "RUN" in assigned and assigned["RUN"].startswith("/data/retrain/run-")
+    training = find(manifests, "RayCluster", "keti-ray").doc["spec"]["headGroupSpec"]
+    assert training["template"]["spec"]["serviceAccountName"] == "keti-trainer"
+    binding = find(manifests, "ClusterRoleBinding", "keti-trainer").doc
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "keti-trainer", "namespace": "keti-ray"}
+    ]

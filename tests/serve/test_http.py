@@ -85,7 +85,7 @@ def test_allocate_is_idempotent_over_http(served):
     )
     other = alloc(client, "same", milli=600)
     assert other.status_code == 409 and "pod 'default/same' is booked already" in other.text
-    assert other.json()["pod"] == "default/same"
+    assert other.json()["pod"] == "default/same" and other.json()["conflict"] is True
     client.post("/release", json={"pod": "same"})
 
 

@@ -69,6 +69,8 @@ def test_ui_is_behind_the_token(served):
     assert anon.get("/ui/static/app.js").status_code == 401
     wrong = anon.post("/ui/session", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and SESSION_COOKIE not in wrong.cookies
+    latin = anon.post("/ui/session", headers={"Authorization": "Bearer caf\xe9".encode("latin-1")})
+    assert latin.status_code == 401  # a non-ASCII header: refused, never a 500
     ok = anon.post("/ui/session", headers=AUTH)
     assert ok.status_code == 204
     cookie = ok.headers["set-cookie"].lower()
