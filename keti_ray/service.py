@@ -3,34 +3,5 @@
 Kept so `from keti_ray.service import AllocationService` goes on working.
 """
 
-from keti_ray.booking import (
-    AllocateCall,
-    AllocationService,
-    Booking,
-    BookingStore,
-    Conflict,
-    Decision,
-    NoFit,
-    PolicySpec,
-    StoreError,
-    StoreUnavailable,
-    describe,
-    load_ppo,
-    pod_key,
-)
-
-__all__ = [
-    "AllocateCall",
-    "AllocationService",
-    "Booking",
-    "BookingStore",
-    "Conflict",
-    "Decision",
-    "NoFit",
-    "PolicySpec",
-    "StoreError",
-    "StoreUnavailable",
-    "describe",
-    "load_ppo",
-    "pod_key",
-]
+from keti_ray.booking import *  # noqa: F403 (the same names, one list: keti_ray.booking.__all__)
+from keti_ray.booking import __all__  # noqa: F401

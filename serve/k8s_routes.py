@@ -15,6 +15,7 @@ import ray
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from keti_ray.booking.service import Conflict, NoFit
 from keti_ray.k8s.bind import Binder
 from keti_ray.k8s.runtime import api_from_env
 from serve.http import Auth, JSONBody, StrictRoute, strict_loads
@@ -52,16 +53,6 @@ class StateFacade:
         if result.get("status") == 503:
             raise Refused(f"503: {result.get('error')}")
         return bool(result.get("released"))
-
-
-class Conflict(Exception):
-    """The pod is booked already, differently."""
-
-    conflict = True
-
-
-class NoFit(Exception):
-    """The chosen node cannot host the pod now."""
 
 
 class Refused(Exception):

@@ -92,7 +92,7 @@ def _is(exc: BaseException, name: str) -> bool:
 
 def _is_conflict(exc: BaseException) -> bool:
     """The facade's "booked already, with another request" outcome: its exception carries
-    `conflict = True` (the service's and serve/k8s_routes.py's Conflict), never read from the
+    `conflict = True` (keti_ray.booking.service.Conflict), never read from the
     message text."""
     return getattr(exc, "conflict", False) is True or _is(exc, "Conflict")
 
