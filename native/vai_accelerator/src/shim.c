@@ -1171,17 +1171,54 @@ static int current_device(void) {
 
 /* cuMemFreeAsync returns at once; the memory is freed when the stream reaches the free. Each such
  * free records an event after it and is credited when the event has completed: polled at every
- * allocation, and waited for when an allocation would otherwise not fit. */
-#define VAI_MAX_PENDING 4096
+ * allocation, and waited for (oldest first) when an allocation would otherwise not fit.
+ *
+ * A stream runs its work in order, so the events recorded on it complete in the order they were
+ * recorded: the pending frees are kept in one FIFO per stream, and a poll asks only each FIFO's
+ * oldest event, taking entries off while they have completed. A poll costs O(streams with pending
+ * frees + frees credited) and a free O(1) (same stream as the last one) to O(such streams): never
+ * O(pending frees) per credit. A FIFO only ever holds the events of one stream: the handles that
+ * name a different stream per context (NULL, CU_STREAM_LEGACY) or per thread and context
+ * (CU_STREAM_PER_THREAD) are told apart by the current context and thread. */
+#ifndef VAI_MAX_PENDING
+#define VAI_MAX_PENDING 4096 /* past it, a free waits for itself (as when no event can be made) */
+#endif
+#define VAI_STREAM_LEGACY ((CUstream)0x1)
+#define VAI_STREAM_PER_THREAD ((CUstream)0x2)
+#define VAI_SETTLE_BATCH 64 /* entries credited per pass outside the lock */
 typedef struct {
-  unsigned long long key, gen;
+  unsigned long long key, gen, seq; /* seq: the order of the cuMemFreeAsync calls */
   CUevent ev;
+  int next; /* the next entry of the same FIFO (or of the free slots); -1: none */
 } pending_entry;
+typedef struct {
+  CUstream s;
+  CUcontext ctx;   /* for NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD; else NULL */
+  pthread_t owner; /* for CU_STREAM_PER_THREAD only */
+  int head, tail;  /* oldest and newest entry */
+} pending_fifo;
 static pending_entry pending[VAI_MAX_PENDING];
+static pending_fifo fifos[VAI_MAX_PENDING]; /* the non-empty FIFOs, in no order */
+static int n_fifos, last_fifo = -1;          /* last_fifo: the one the last free went to */
+static int free_slot = -1, slots_touched;    /* a list of freed entries; entries never used yet */
 static int n_pending;
+static unsigned long long next_seq;
 static CUevent spare_ev[64];
 static int n_spare;
 static pthread_mutex_t pend_mu = PTHREAD_MUTEX_INITIALIZER;
+
+#ifdef VAI_COUNT_PENDING_VISITS
+/* Test builds only (make's build/counting/): entries looked at and polls made, to check that the
+ * work per credit stays bounded whatever the number of pending frees. */
+static unsigned long long pend_visits, pend_polls;
+VAI_EXPORT unsigned long long vai_debug_pending_visits(void) { return pend_visits; }
+VAI_EXPORT unsigned long long vai_debug_pending_polls(void) { return pend_polls; }
+#define COUNT_VISIT() (pend_visits++)
+#define COUNT_POLL() (pend_polls++)
+#else
+#define COUNT_VISIT() ((void)0)
+#define COUNT_POLL() ((void)0)
+#endif
 
 static CUevent take_event(void) {
   CUevent e = NULL;
@@ -1202,34 +1239,99 @@ static void give_event(CUevent e) {
   if (e && real.cuEventDestroy_v2) real.cuEventDestroy_v2(e);
 }
 
-/* Credits every pending free whose event completed; with wait, waits for them in order until
- * `need` bytes fit the quota (or none is left). Returns the number still pending. */
+/* The FIFO of stream s as the calling thread names it (created if absent); -1 if none can be.
+ * Caller holds pend_mu. */
+static int fifo_of(CUstream s, CUcontext ctx, pthread_t self) {
+  int per_thread = s == VAI_STREAM_PER_THREAD;
+  for (int k = -1; k < n_fifos; k++) {
+    int f = k < 0 ? last_fifo : k;
+    if (f < 0 || f >= n_fifos) continue;
+    if (fifos[f].s == s && fifos[f].ctx == ctx && (!per_thread || pthread_equal(fifos[f].owner, self)))
+      return last_fifo = f;
+  }
+  if (n_fifos >= VAI_MAX_PENDING) return -1;
+  fifos[n_fifos] = (pending_fifo){s, ctx, self, -1, -1};
+  return last_fifo = n_fifos++;
+}
+
+/* Appends a pending free to its stream's FIFO; -1 when VAI_MAX_PENDING are pending. Caller holds
+ * pend_mu. */
+static int pend_push(CUstream s, CUcontext ctx, pthread_t self, pending_entry e) {
+  int i = free_slot;
+  if (i >= 0) free_slot = pending[i].next;
+  else if (slots_touched < VAI_MAX_PENDING) i = slots_touched++;
+  else return -1;
+  int f = fifo_of(s, ctx, self);
+  if (f < 0) { /* cannot happen: a FIFO holds at least one of the < VAI_MAX_PENDING entries */
+    pending[i].next = free_slot;
+    free_slot = i;
+    return -1;
+  }
+  e.seq = next_seq++;
+  e.next = -1;
+  pending[i] = e;
+  if (fifos[f].tail >= 0) pending[fifos[f].tail].next = i;
+  else fifos[f].head = i;
+  fifos[f].tail = i;
+  n_pending++;
+  return 0;
+}
+
+/* Takes the oldest entry off FIFO f (dropping the FIFO when it empties: the last FIFO moves to f).
+ * Caller holds pend_mu. */
+static pending_entry pend_pop(int f) {
+  int i = fifos[f].head;
+  pending_entry e = pending[i];
+  fifos[f].head = e.next;
+  if (fifos[f].head < 0) {
+    fifos[f] = fifos[--n_fifos];
+    if (last_fifo == f) last_fifo = -1;
+    else if (last_fifo == n_fifos) last_fifo = f;
+  }
+  pending[i].next = free_slot;
+  free_slot = i;
+  n_pending--;
+  return e;
+}
+
+/* Credits every pending free whose event completed; with wait, waits for them oldest first until
+ * `need` bytes fit the quota (or none is left). Each call with wait takes at least one entry off
+ * while any is pending. Returns the number still pending. */
 static int settle_frees(int wait, unsigned long long need) {
   for (;;) {
-    unsigned long long key = 0, gen = 0;
-    CUevent ev = NULL;
-    int found = 0, left;
+    pending_entry done[VAI_SETTLE_BATCH], oldest = {0};
+    int n_done = 0, waiting = 0, left;
     pthread_mutex_lock(&pend_mu);
-    for (int i = 0; i < n_pending && !found; i++) {
-      CUresult q = real.cuEventQuery ? real.cuEventQuery(pending[i].ev) : CUDA_SUCCESS;
-      if (q == CUDA_ERROR_NOT_READY && !(wait && i == 0)) continue;
-      key = pending[i].key;
-      gen = pending[i].gen;
-      ev = pending[i].ev;
-      if (q == CUDA_ERROR_NOT_READY) found = 2; /* the oldest, to wait for */
-      else found = 1;
-      pending[i] = pending[--n_pending];
+    COUNT_POLL();
+    for (int f = 0; f < n_fifos && n_done < VAI_SETTLE_BATCH;) {
+      COUNT_VISIT();
+      CUresult q = real.cuEventQuery ? real.cuEventQuery(pending[fifos[f].head].ev) : CUDA_SUCCESS;
+      if (q == CUDA_ERROR_NOT_READY) f++; /* and so is the rest of this stream */
+      else done[n_done++] = pend_pop(f);  /* f now holds this FIFO's next entry, or another FIFO */
+    }
+    if (wait && n_done < VAI_SETTLE_BATCH && n_fifos) {
+      int of = 0;
+      for (int f = 1; f < n_fifos; f++)
+        if (pending[fifos[f].head].seq < pending[fifos[of].head].seq) of = f;
+      COUNT_VISIT();
+      oldest = pend_pop(of);
+      waiting = 1;
     }
     left = n_pending;
     pthread_mutex_unlock(&pend_mu);
-    if (!found) return left;
-    if (found == 2 && real.cuEventSynchronize) real.cuEventSynchronize(ev);
-    vai_mem_release_if(VAI_MEM_PTR, key, gen);
-    give_event(ev);
-    if (wait && found == 2) {
+    for (int k = 0; k < n_done; k++) {
+      vai_mem_release_if(VAI_MEM_PTR, done[k].key, done[k].gen);
+      give_event(done[k].ev);
+    }
+    if (waiting) {
+      if (real.cuEventSynchronize) real.cuEventSynchronize(oldest.ev);
+      vai_mem_release_if(VAI_MEM_PTR, oldest.key, oldest.gen);
+      give_event(oldest.ev);
       unsigned long long used = 0, lim = vai_cfg.memory_limit;
       vai_mem_stats(&used, NULL);
       if (!lim || (need <= lim && used <= lim - need)) return left;
+    } else if (n_done < VAI_SETTLE_BATCH) {
+      return left; /* every FIFO's oldest is still running (or none is left) */
     }
   }
 }
@@ -1244,12 +1346,11 @@ static void pending_free(unsigned long long key, unsigned long long gen, CUstrea
   }
   CUevent ev = take_event();
   if (ev && real.cuEventRecord(ev, s) == CUDA_SUCCESS) {
-    int full = 0;
+    CUcontext ctx = NULL;
+    if ((!s || s == VAI_STREAM_LEGACY || s == VAI_STREAM_PER_THREAD) && real.cuCtxGetCurrent)
+      real.cuCtxGetCurrent(&ctx);
     pthread_mutex_lock(&pend_mu);
-    if (n_pending < VAI_MAX_PENDING)
-      pending[n_pending++] = (pending_entry){key, gen, ev};
-    else
-      full = 1;
+    int full = pend_push(s, ctx, pthread_self(), (pending_entry){key, gen, 0, ev, -1}) != 0;
     pthread_mutex_unlock(&pend_mu);
     if (!full) return;
     real.cuEventSynchronize(ev);

@@ -403,11 +403,15 @@ FN(cuGreenCtxDestroy, (CUgreenCtx g), (g)) {
 /* Physical memory: mem_used counts every byte the "device" holds: plain allocations, VMM handles
  * still alive, and what memory pools reserve. */
 enum { A_PLAIN = 1, A_POOL = 2 };
+#ifndef FAKE_MAX_ALLOCS
+#define FAKE_MAX_ALLOCS 4096 /* live allocations; the benchmark builds a larger fake */
+#endif
 static struct {
   unsigned long long key, size;
   int kind;
   int pool;
-} allocs[4096];
+} allocs[FAKE_MAX_ALLOCS];
+static int low_free; /* every slot below it is in use */
 static const unsigned long long next_ptr = 0x100000000000ULL;
 
 static int charge(unsigned long long n) { /* caller holds mu */
@@ -419,8 +423,9 @@ static int charge(unsigned long long n) { /* caller holds mu */
 static void uncharge(unsigned long long n) { mem_used = mem_used >= n ? mem_used - n : 0; }
 
 static int new_slot(unsigned long long n, int kind, int pool, int v1, unsigned long long *out) {
-  for (int i = 0; i < 4096; i++) {
+  for (int i = low_free; i < FAKE_MAX_ALLOCS; i++) {
     if (allocs[i].key) continue;
+    low_free = i + 1;
     /* Slot i always maps to the same address, so freed addresses come back at once (as a
      * real allocator's do): races between a free and a new allocation show up in tests. */
     allocs[i].key = v1 ? 0x10000ULL + ((unsigned long long)i << 16) : next_ptr + ((unsigned long long)i << 32);
@@ -487,18 +492,23 @@ static CUresult pool_alloc(unsigned long long *out, unsigned long long n, int i)
   return r;
 }
 
+/* The slot an address was handed out from (new_slot's mapping, inverted); -1 if none. */
+static int slot_of(unsigned long long key) {
+  unsigned long long i = key >= next_ptr ? (key - next_ptr) >> 32 : (key - 0x10000ULL) >> 16;
+  return key >= 0x10000ULL && i < FAKE_MAX_ALLOCS && allocs[i].key == key ? (int)i : -1;
+}
+
 /* Frees an allocation now (caller holds mu). */
 static CUresult free_now(unsigned long long key) {
-  for (int i = 0; i < 4096; i++) {
-    if (allocs[i].key != key) continue;
-    if (allocs[i].kind == A_POOL)
-      pool_tab[allocs[i].pool].used -= allocs[i].size; /* back to the pool, still reserved */
-    else
-      uncharge(allocs[i].size);
-    allocs[i].key = 0;
-    return CUDA_SUCCESS;
-  }
-  return CUDA_ERROR_INVALID_VALUE;
+  int i = slot_of(key);
+  if (i < 0) return CUDA_ERROR_INVALID_VALUE;
+  if (allocs[i].kind == A_POOL)
+    pool_tab[allocs[i].pool].used -= allocs[i].size; /* back to the pool, still reserved */
+  else
+    uncharge(allocs[i].size);
+  allocs[i].key = 0;
+  if (i < low_free) low_free = i;
+  return CUDA_SUCCESS;
 }
 
 static int slow_free = -1;
@@ -520,7 +530,9 @@ struct CUevent_st {
   int recorded, done;
 };
 #define N_STREAMS 16
-#define N_OPS 4096
+#ifndef N_OPS
+#define N_OPS 4096 /* queued operations per stream; the benchmark builds a larger fake */
+#endif
 static struct {
   int used_slot;
   int n;

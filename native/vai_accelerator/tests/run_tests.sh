@@ -190,6 +190,11 @@ t limits-env-file-without-system 0 LD_PRELOAD="$SYS/libvai_accelerator.so" VAI_L
 # ---- A memory quota without escapes ----
 t quota-vmm 0 VAI_MEMORY_LIMIT=1Gi "$C" vmm
 t quota-async-frees 0 VAI_MEMORY_LIMIT=1Gi "$C" async
+t quota-async-many 0 VAI_MEMORY_LIMIT=1Gi "$C" async_many
+# The same with the counting build: entries looked at stay linear in frees + polls (issue: the
+# pending list was rescanned from its start at every credit).
+t quota-async-many-visits 0 VAI_MEMORY_LIMIT=1Gi LD_PRELOAD="$B/counting/libvai_accelerator.so" \
+  EXPECT_VISIT_BOUND=1 "$C" async_many
 t quota-pools 0 VAI_MEMORY_LIMIT=1Gi "$C" pools
 t quota-v1 0 VAI_MEMORY_LIMIT=1Mi "$C" v1
 mkdir -p "$TMP/st2"

@@ -534,6 +534,132 @@ static int case_async(void) {
   return 0;
 }
 
+/* ---- memory: thousands of stream-ordered frees on several streams ---- */
+/* The test keeps its own model: the bytes the program holds (allocated, not yet freed) and, per
+ * stream, the bytes of frees not yet run. The shim's charge (limit - free) must never fall below
+ * what the driver holds; an allocation must succeed exactly when live + n fits the quota (the
+ * shim may wait for pending frees, never refuse what fits after them); once every stream is
+ * synchronised the charge must be exactly the live bytes. With the counting build
+ * (EXPECT_VISIT_BOUND=1) the entries the shim looked at must stay linear in the work done. */
+#define MANY_STREAMS 5
+#define MANY_PILE 3000
+#define MANY_CHURN 3000
+static CUstream many_s[MANY_STREAMS];
+static unsigned long long many_settling; /* allocations + mem-info calls made (each polls once+) */
+
+static unsigned long long charged(unsigned long long limit) {
+  size_t fr = 0, tot = 0;
+  many_settling++;
+  if (p_info(&fr, &tot) != CUDA_SUCCESS) return ~0ULL;
+  return limit - fr;
+}
+
+static void sync_all(void) {
+  for (int k = 0; k < MANY_STREAMS; k++) p_ssync(many_s[k]);
+}
+
+static int case_async_many(void) {
+  unsigned long long (*visits)(void) = dlsym(RTLD_DEFAULT, "vai_debug_pending_visits");
+  unsigned long long (*polls)(void) = dlsym(RTLD_DEFAULT, "vai_debug_pending_polls");
+  void (*progress)(void) = (void (*)(void))dlsym(lib, "fakecuda_progress");
+  int want_bound = env_int("EXPECT_VISIT_BOUND", 0);
+  CUcontext c;
+  CHECK(p_init(0) == CUDA_SUCCESS && p_retain(&c, 0) == CUDA_SUCCESS && p_setcur(c) == CUDA_SUCCESS,
+        "init + context");
+  CHECK(!want_bound || (visits && polls), "the counting build exports its counters");
+  const unsigned long long limit = 1024 * MiB;
+  size_t fr = 0, tot = 0;
+  CHECK(p_info(&fr, &tot) == CUDA_SUCCESS && tot == limit, "quota 1Gi: total %zu", tot);
+  many_s[0] = NULL; /* the legacy stream */
+  for (int k = 1; k < MANY_STREAMS; k++) p_screate(&many_s[k], 0);
+  unsigned seed = 42;
+  unsigned long long frees = 0, allocs = 0, refused = 0, waited_for = 0, bad_alloc = 0, under = 0;
+
+  /* 1. Pile-up: 3000 allocations of 64Ki, each freed at once on a random stream; nothing runs. */
+  unsigned long long on_stream[MANY_STREAMS] = {0};
+  for (int i = 0; i < MANY_PILE; i++) {
+    CUdeviceptr p = 0;
+    int a = (int)(rand_r(&seed) % MANY_STREAMS), b = (int)(rand_r(&seed) % MANY_STREAMS);
+    allocs++, many_settling++;
+    if (p_async(&p, 64 << 10, many_s[a]) != CUDA_SUCCESS || p_freeasync(p, many_s[b]) != CUDA_SUCCESS)
+      bad_alloc++;
+    frees++;
+    on_stream[b] += 64 << 10;
+  }
+  CHECK(bad_alloc == 0, "%d alloc + cuMemFreeAsync pairs on %d streams", MANY_PILE, MANY_STREAMS);
+  unsigned long long all = (unsigned long long)MANY_PILE << 16;
+  CHECK(charged(limit) == all && drv_used() == all, "none ran: all %llu still charged (driver %llu)", all,
+        drv_used());
+  CHECK(p_ssync(many_s[1]) == 0 && p_ssync(many_s[2]) == 0, "synchronise two of the streams");
+  unsigned long long rest = on_stream[0] + on_stream[3] + on_stream[4];
+  CHECK(charged(limit) == rest, "exactly the frees of the other three streams stay charged: %llu", rest);
+  progress(); /* they run, but the default pool keeps the memory until a synchronisation */
+  CHECK(charged(limit) == rest, "run but kept by the pool: still %llu charged", rest);
+  CHECK(p_ssync(many_s[0]) == 0 && charged(limit) == 0, "after a synchronisation: nothing charged");
+
+  /* 2. Churn near the quota: 16-64Mi allocations, frees on random streams, partial syncs. */
+  CUdeviceptr live_p[64];
+  unsigned long long live_n[64], live = 0;
+  int n_live = 0;
+  for (int i = 0; i < MANY_CHURN; i++) {
+    unsigned r = rand_r(&seed);
+    if (n_live && (r % 2 || n_live == 64)) {
+      int j = (int)(rand_r(&seed) % (unsigned)n_live);
+      if (p_freeasync(live_p[j], many_s[rand_r(&seed) % MANY_STREAMS]) != CUDA_SUCCESS) bad_alloc++;
+      frees++;
+      live -= live_n[j];
+      live_p[j] = live_p[--n_live];
+      live_n[j] = live_n[n_live];
+    } else {
+      unsigned long long n = (1 + rand_r(&seed) % 4) * 16 * MiB;
+      CUdeviceptr p = 0;
+      unsigned long long before = drv_used();
+      allocs++, many_settling++;
+      CUresult res = p_async(&p, n, many_s[rand_r(&seed) % MANY_STREAMS]);
+      if ((res == CUDA_SUCCESS) != (live + n <= limit)) bad_alloc++;
+      if (res == CUDA_SUCCESS) {
+        if (before + n > limit) waited_for++;
+        live_p[n_live] = p;
+        live_n[n_live++] = n;
+        live += n;
+      } else {
+        refused++;
+      }
+    }
+    if (i % 50 == 49) p_ssync(many_s[rand_r(&seed) % MANY_STREAMS]);
+    unsigned long long ch = charged(limit);
+    if (ch < drv_used() || ch < live) under++;
+    if (i % 500 == 499) {
+      sync_all();
+      if (charged(limit) != live) under++;
+    }
+  }
+  CHECK(bad_alloc == 0, "%llu allocations: each succeeded exactly when it fit the quota (%llu refused, "
+        "%llu after the shim made room)", allocs, refused, waited_for);
+  CHECK(refused > 0 && waited_for > 0, "the churn reached the quota and waited for frees");
+  CHECK(under == 0, "the charge never fell below the driver's holding or the live bytes, and was exact "
+        "after each full synchronisation (%llu misses)", under);
+  CHECK(drv_peak() <= limit, "the driver never held more than the quota (peak %llu)", drv_peak());
+  for (int j = 0; j < n_live; j++) p_freeasync(live_p[j], many_s[j % MANY_STREAMS]);
+  frees += (unsigned long long)n_live;
+  sync_all();
+  CHECK(charged(limit) == 0, "everything freed and synchronised: nothing charged");
+  if (visits && polls) {
+    unsigned long long v = visits(), pl = polls();
+    /* Each poll looks at each stream's oldest entry once and at each entry it credits; a wait
+     * adds one poll per entry waited for. */
+    unsigned long long poll_bound = 2 * (many_settling + frees);
+    unsigned long long visit_bound = frees + (MANY_STREAMS + 1) * pl;
+    printf("info: %llu async frees, %llu allocations + mem-info calls, %llu polls, %llu entries "
+           "looked at\n", frees, many_settling, pl, v);
+    CHECK(v >= frees, "the counter counts: %llu visits for %llu credits", v, frees);
+    CHECK(pl <= poll_bound, "polls %llu <= 2 x (calls + frees) = %llu", pl, poll_bound);
+    CHECK(v <= visit_bound, "entries looked at %llu <= frees + %d x polls = %llu (linear, not per "
+          "pending entry)", v, MANY_STREAMS + 1, visit_bound);
+  }
+  return 0;
+}
+
 /* ---- memory: pools hold what they reserve ---- */
 static int case_pools(void) {
   CUcontext c;
@@ -704,6 +830,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(c, "greenhooks")) case_greenhooks();
   else if (!strcmp(c, "vmm")) case_vmm();
   else if (!strcmp(c, "async")) case_async();
+  else if (!strcmp(c, "async_many")) case_async_many();
   else if (!strcmp(c, "pools")) case_pools();
   else if (!strcmp(c, "v1")) case_v1();
   else if (!strcmp(c, "quota_total")) case_quota_total();
