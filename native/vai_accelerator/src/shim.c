@@ -1179,7 +1179,9 @@ static int current_device(void) {
  * frees + frees credited) and a free O(1) (same stream as the last one) to O(such streams): never
  * O(pending frees) per credit. A FIFO only ever holds the events of one stream: the handles that
  * name a different stream per context (NULL, CU_STREAM_LEGACY) or per thread and context
- * (CU_STREAM_PER_THREAD) are told apart by the current context and thread. */
+ * (CU_STREAM_PER_THREAD) are told apart by the current context and thread. Should a FIFO still
+ * mix two streams (a destroyed stream's handle handed out again), a completed entry behind one
+ * still running is credited late, never early, and a wait still takes the oldest first. */
 #ifndef VAI_MAX_PENDING
 #define VAI_MAX_PENDING 4096 /* past it, a free waits for itself (as when no event can be made) */
 #endif
