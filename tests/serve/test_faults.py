@@ -1,10 +1,12 @@
 """Fault injection on the real service (Ray + Serve, over HTTP) during a stream of bookings.
 
-SIGKILL of the state actor, of a Serve replica, and of the whole service (`keti-ray up`, every
-process of its session), three times each. After each: every 200 is present with the same
-node and GPUs, nothing is booked twice, no GPU is over-full, and every booking is one a client
-got a 200 for: a request that got a 5xx (or lost its connection) is retried until it gets its
-placement or a clean 409, so a booking nobody knows about (a ghost) would show.
+SIGKILL of the state actor and of a Serve replica, three times each, and of the whole service
+(`keti-ray up`, every process of its session) twice: each of those is a full restart (20-40 s on
+the 2-core CI machine), and the second already kills a service that came back from a kill.
+After each: every 200 is present with the same node and GPUs, nothing is booked twice, no GPU is
+over-full, and every booking is one a client got a 200 for: a request that got a 5xx (or lost
+its connection) is retried until it gets its placement or a clean 409, so a booking nobody knows
+about (a ghost) would show.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from ray import serve
 from serve.app import AllocatorIngress
 from serve.state import ClusterSource
 
-from ..factories import local_serve
-
 KILLS = 3
+SERVICE_KILLS = 2
 RETRY_FOR_S = 60.0
 
 
@@ -141,37 +142,6 @@ def actor_pids(name_prefix: str) -> list[int]:
     ]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    state = tmp_path_factory.mktemp("faults") / "bookings.db"
-    with local_serve() as port:
-        source = ClusterSource(sim_nodes=4, state=str(state))
-        serve.run(
-            AllocatorIngress.options(num_replicas=2).bind(source), name="alloc", route_prefix="/"
-        )
-        yield f"http://127.0.0.1:{port}"
-
-
-@pytest.mark.parametrize("target", ["state-actor", "replica"])
-def test_sigkill_during_a_stream_of_bookings(served, target):
-    from serve.state import STATE_ACTOR_NAME
-
-    prefix = STATE_ACTOR_NAME if target == "state-actor" else "SERVE_REPLICA::alloc#Allocator"
-    with Stream(served, prefix=target) as stream:
-        for _ in range(KILLS):
-            before = stream.count()
-            wait_for(lambda: stream.count() >= before + 10, 60, "bookings before the kill")  # noqa: B023
-            pids = actor_pids(prefix)
-            assert pids, f"no live {target}"
-            os.kill(pids[0], signal.SIGKILL)
-            at_kill = stream.count()
-            wait_for(lambda: stream.count() >= at_kill + 10, 90, f"bookings after {target}")  # noqa: B023
-            check(served, stream, final=False)
-    check(served, stream, final=True)
-    assert stream.retried > 0, "no request saw the kill: the test did not test anything"
-    print(f"{target}: {len(stream.acked)} acknowledged, {stream.retried} retries")
-
-
 UP = [sys.executable, "-m", "keti_ray.cli", "up", "--sim-nodes", "2", "--replicas", "1"]
 
 
@@ -232,7 +202,7 @@ def test_sigkill_of_the_whole_service(tmp_path):
     try:
         wait_for(lambda: ready(base), 180, "keti-ray up")
         with Stream(base, prefix="service", threads=3) as stream:
-            for _ in range(KILLS):
+            for _ in range(SERVICE_KILLS):
                 before = stream.count()
                 wait_for(lambda: stream.count() >= before + 5, 60, "bookings before kill")  # noqa: B023
                 kill_session(proc)
@@ -246,3 +216,38 @@ def test_sigkill_of_the_whole_service(tmp_path):
         print(f"whole service: {len(stream.acked)} acknowledged, {stream.retried} retries")
     finally:
         kill_session(proc)
+
+
+# After the whole-service test: while it restarts `keti-ray up`, no other Ray runs in this
+# process (the package's shared one starts with the first module that asks for it).
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, serve_session):
+    state = tmp_path_factory.mktemp("faults") / "bookings.db"
+    try:
+        source = ClusterSource(sim_nodes=4, state=str(state))
+        serve.run(
+            AllocatorIngress.options(num_replicas=2).bind(source), name="alloc", route_prefix="/"
+        )
+        yield f"http://127.0.0.1:{serve_session.port}"
+    finally:
+        serve_session.clean()
+
+
+@pytest.mark.parametrize("target", ["state-actor", "replica"])
+def test_sigkill_during_a_stream_of_bookings(served, target):
+    from serve.state import STATE_ACTOR_NAME
+
+    prefix = STATE_ACTOR_NAME if target == "state-actor" else "SERVE_REPLICA::alloc#Allocator"
+    with Stream(served, prefix=target) as stream:
+        for _ in range(KILLS):
+            before = stream.count()
+            wait_for(lambda: stream.count() >= before + 10, 60, "bookings before the kill")  # noqa: B023
+            pids = actor_pids(prefix)
+            assert pids, f"no live {target}"
+            os.kill(pids[0], signal.SIGKILL)
+            at_kill = stream.count()
+            wait_for(lambda: stream.count() >= at_kill + 10, 90, f"bookings after {target}")  # noqa: B023
+            check(served, stream, final=False)
+    check(served, stream, final=True)
+    assert stream.retried > 0, "no request saw the kill: the test did not test anything"
+    print(f"{target}: {len(stream.acked)} acknowledged, {stream.retried} retries")

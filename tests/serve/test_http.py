@@ -15,25 +15,27 @@ from ray import serve
 from serve.app import AllocatorIngress
 from serve.state import RAY_NAMESPACE, STATE_ACTOR_NAME, ClusterSource
 
-from ..factories import local_serve
-
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """One Ray + Serve for the module: the allocator at /, a token-protected twin at /secure."""
+def served(tmp_path_factory, serve_session):
+    """The package's Ray + Serve: the allocator at /, a token-protected twin at /secure."""
     state = tmp_path_factory.mktemp("state") / "bookings.db"
-    with local_serve() as port:
+    port = serve_session.port
+    try:
         source = ClusterSource(sim_nodes=3, state=str(state))
-        serve.run(AllocatorIngress.bind(source), name="alloc", route_prefix="/")
-        serve.run(
-            AllocatorIngress.options(name="Secure").bind(source, TOKEN),
-            name="secure",
-            route_prefix="/secure",
+        secure = AllocatorIngress.options(name="Secure").bind(source, TOKEN)
+        serve.run_many(  # both deployed at once
+            [
+                serve.RunTarget(AllocatorIngress.bind(source), name="alloc", route_prefix="/"),
+                serve.RunTarget(secure, name="secure", route_prefix="/secure"),
+            ]
         )
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             yield client, port, source
+    finally:
+        serve_session.clean()
 
 
 def alloc(client, name, num=1, milli=250, **extra):

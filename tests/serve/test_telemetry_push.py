@@ -21,23 +21,23 @@ from keti_ray.telemetry import TelemetryStore
 from serve.app import AllocatorIngress
 from serve.state import RAY_NAMESPACE, STATE_ACTOR_NAME, ClusterSource
 
-from ..factories import local_serve
-
 TOKEN = "node-push-token"
 NODE = "gpu-node-a"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, serve_session):
     root = tmp_path_factory.mktemp("alloc")
     source = ClusterSource(
         sim_nodes=2, state=str(root / "bookings.db"), telemetry_dir=str(root / "telemetry")
     )
-    with local_serve() as port:
+    try:
         serve.run(AllocatorIngress.bind(source, TOKEN), name="alloc", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{serve_session.port}"
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client, url, root / "telemetry"
+    finally:
+        serve_session.clean()
 
 
 def node_batch() -> tuple[list[dict], list[dict]]:

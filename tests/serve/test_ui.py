@@ -17,8 +17,6 @@ from serve.state import ClusterSource
 from serve.ui.auth import SESSION_COOKIE, SESSION_TTL_S, session_value
 from tests.debian_tools import ToolUnavailable, headless_chromium, sign_in, wait_until
 
-from ..factories import local_serve
-
 TOKEN = "ui-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SCREENSHOT = Path(__file__).parents[2] / "bench" / "results" / "ui.png"
@@ -30,13 +28,18 @@ def pod(name: str, milli: int, num: int = 1) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served():
-    """One Ray + Serve for the module: 6 simulated nodes behind a token, with bookings."""
-    with local_serve() as port:
+def served(serve_session):
+    """The package's Ray + Serve: 6 simulated nodes behind a token, with bookings."""
+    port = serve_session.port
+    try:
         source = ClusterSource(sim_nodes=6)
-        serve.run(AllocatorIngress.bind(source, TOKEN), name="ui", route_prefix="/")
         prefixed = AllocatorIngress.options(name="Prefixed").bind(source, TOKEN)
-        serve.run(prefixed, name="ops", route_prefix="/ops")  # the same state, under /ops
+        serve.run_many(  # both deployed at once; /ops: the same state under a route prefix
+            [
+                serve.RunTarget(AllocatorIngress.bind(source, TOKEN), name="ui", route_prefix="/"),
+                serve.RunTarget(prefixed, name="ops", route_prefix="/ops"),
+            ]
+        )
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, headers=AUTH, timeout=60) as client:
             pods = [pod(f"job-{i:02d}", m) for i, m in enumerate(SHARES)] + [pod("train", 1000, 2)]
@@ -46,6 +49,8 @@ def served():
             r = client.post("/allocate", json={"pod": {**pod("hog", 0, 0), "cpu_milli": 10**8}})
             assert r.status_code == 409  # no node has 100 cores
             yield client, base, keys
+    finally:
+        serve_session.clean()
 
 
 def partition_view(nodes: dict) -> dict:
