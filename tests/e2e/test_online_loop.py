@@ -4,8 +4,11 @@ when better (both outcomes), and the new policy served with no failed request.""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -39,6 +42,52 @@ def loop(tmp_path_factory):
         app = AllocatorIngress.options(user_config={"pointer": str(pointer)}).bind(source)
         serve.run(app, name="alloc", route_prefix="/")
         yield f"http://127.0.0.1:{port}", root, pointer
+
+
+class TrainOnce:
+    """retrain's `train_fn`: trains for real (keti_ray.rl.retrain.train_candidate), and answers a
+    later call with the very same inputs (workload file content, nodes, iterations, warm start,
+    seed, config) with a copy of that candidate instead of training it again: training is
+    deterministic for a seed (tests/rl/test_train.py), so the copy is what it would train. Any
+    other call trains."""
+
+    def __init__(self) -> None:
+        self.trained: dict[str, tuple[Path, dict]] = {}
+        self.reused = 0
+
+    def __call__(self, *, config, workload_csv, nodes, iterations, out_dir, init_from, seed):
+        from keti_ray.rl.retrain import train_candidate
+
+        workload = hashlib.sha256(Path(workload_csv).read_bytes()).hexdigest()
+        key = repr((workload, list(nodes), iterations, init_from, seed, config))
+        if key in self.trained:
+            first_dir, result = self.trained[key]
+            for entry in first_dir.iterdir():  # what train_candidate wrote (not retrain's report)
+                if entry.name == "report.json":
+                    continue
+                if entry.is_dir():
+                    shutil.copytree(entry, Path(out_dir) / entry.name)
+                else:
+                    shutil.copy2(entry, Path(out_dir) / entry.name)
+            self.reused += 1
+            rel = Path(result["checkpoint"]).relative_to(first_dir)
+            return {**result, "checkpoint": str(Path(out_dir) / rel)}
+        result = train_candidate(
+            config=config,
+            workload_csv=workload_csv,
+            nodes=nodes,
+            iterations=iterations,
+            out_dir=out_dir,
+            init_from=init_from,
+            seed=seed,
+        )
+        self.trained[key] = (Path(out_dir), result)
+        return result
+
+
+@pytest.fixture(scope="module")
+def train_once() -> TrainOnce:
+    return TrainOnce()
 
 
 def wait_for_policy(url: str, predicate, timeout: float = 60.0) -> str:
@@ -83,10 +132,10 @@ def test_shifting_mix_feeds_telemetry(loop):
     assert late & {250, 470}, "the mix shifted to shares"
 
 
-def test_candidate_no_better_than_fgd_is_not_promoted(loop):
+def test_candidate_no_better_than_fgd_is_not_promoted(loop, train_once):
     url, root, pointer = loop
     before = pointer.read_text()
-    outcome = retrain(settings(root, pointer, "retrain-vs-fgd"))
+    outcome = retrain(settings(root, pointer, "retrain-vs-fgd"), train_fn=train_once)
     assert outcome.serving_policy == "fgd"
     assert not outcome.promoted
     assert not outcome.test["promote"]
@@ -96,7 +145,7 @@ def test_candidate_no_better_than_fgd_is_not_promoted(loop):
     assert httpx.get(f"{url}/health", timeout=10).json()["policy"] == "fgd"
 
 
-def test_better_candidate_is_promoted_and_served_without_failures(loop):
+def test_better_candidate_is_promoted_and_served_without_failures(loop, train_once):
     url, root, pointer = loop
     write_pointer(pointer, None, None, policy="random")  # a weak serving policy
     assert wait_for_policy(url, lambda p: p == "random") == "random"
@@ -124,7 +173,7 @@ def test_better_candidate_is_promoted_and_served_without_failures(loop):
     worker = threading.Thread(target=hammer)
     worker.start()
     try:
-        outcome = retrain(settings(root, pointer, "retrain-vs-random"))
+        outcome = retrain(settings(root, pointer, "retrain-vs-random"), train_fn=train_once)
         assert outcome.serving_policy == "random"
         assert outcome.promoted, (outcome.candidate_pct, outcome.serving_pct)
         record = read_pointer(pointer)
@@ -135,3 +184,4 @@ def test_better_candidate_is_promoted_and_served_without_failures(loop):
         worker.join()
     assert policy == f"ppo@{record['sha256'][:12]}"
     assert failures == []
+    print(f"candidates trained: {len(train_once.trained)}, reused: {train_once.reused}")
