@@ -97,6 +97,56 @@ class ReplayResult:
         return float(self.unallocated_gpu_pct[arrived_pct])
 
 
+@dataclass
+class ReplayProgress:
+    """A replay part-way through: resumable, so that policy search can replay the shared FGD
+    prefix of a workload once and branch every candidate policy from a copy of it."""
+
+    state: ClusterState
+    buckets: ArrivalBuckets
+    arrived: int = 0
+    placed: int = 0
+    next_index: int = 0
+
+    @classmethod
+    def start(cls, nodes: Sequence[NodeSpec]) -> ReplayProgress:
+        return cls(ClusterState(nodes), ArrivalBuckets())
+
+    def copy(self) -> ReplayProgress:
+        buckets = ArrivalBuckets()
+        buckets.sums[:] = self.buckets.sums
+        buckets.counts[:] = self.buckets.counts
+        return replace(self, state=self.state.copy(), buckets=buckets)
+
+
+def offer_pods(
+    progress: ReplayProgress,
+    workload: Sequence[PodRequest],
+    allocator: Allocator,
+    stop: Callable[[ClusterState], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> ReplayProgress:
+    """Offer pods from `progress.next_index` on (in place) until the workload ends or `stop`."""
+    state = progress.state
+    capacity = state.total_gpu_milli
+    for i in range(progress.next_index, len(workload)):
+        if stop is not None and stop(state):
+            break
+        pod = workload[i]
+        placement = allocator.place(state, pod)
+        if placement is not None:
+            state.allocate(pod, placement)
+            progress.placed += 1
+        progress.arrived += pod.gpu_request_milli
+        progress.buckets.add(
+            100.0 * progress.arrived / capacity, 100.0 - state.unallocated_gpu_pct()
+        )
+        progress.next_index = i + 1
+        if on_step is not None:
+            on_step(i + 1, len(workload))
+    return progress
+
+
 def replay(
     nodes: Sequence[NodeSpec],
     workload: Sequence[PodRequest],
@@ -106,30 +156,18 @@ def replay(
     on_step: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Offer an already tuned and shuffled workload to `allocator` on a fresh cluster."""
-    state = ClusterState(nodes)
     allocator.reset(seed)
-    capacity = state.total_gpu_milli
-    buckets = ArrivalBuckets()
-    arrived = 0
-    placed = 0
     start = time.perf_counter()
-    for i, pod in enumerate(workload):
-        placement = allocator.place(state, pod)
-        if placement is not None:
-            state.allocate(pod, placement)
-            placed += 1
-        arrived += pod.gpu_request_milli
-        buckets.add(100.0 * arrived / capacity, 100.0 - state.unallocated_gpu_pct())
-        if on_step is not None:
-            on_step(i + 1, len(workload))
+    progress = offer_pods(ReplayProgress.start(nodes), workload, allocator, on_step=on_step)
     seconds = time.perf_counter() - start
+    state = progress.state
     frag = fragmentation_pct(state, FragmentationModel(typical, state.models))
     return ReplayResult(
         policy=allocator.name,
         seed=seed,
-        unallocated_gpu_pct=100.0 - buckets.curve(),
+        unallocated_gpu_pct=100.0 - progress.buckets.curve(),
         frag_pct=frag,
         pods_offered=len(workload),
-        pods_placed=placed,
+        pods_placed=progress.placed,
         seconds=seconds,
     )

@@ -4,8 +4,11 @@ Routes: POST /allocate, POST /release, GET /partition, GET /bookings, GET /healt
 GET /metrics, POST /telemetry, POST /scheduler/filter, POST /scheduler/prioritize, GET /docs,
 /redoc, /openapi.json. With KETI_RAY_TOKEN set, every route but /health and /ready needs
 `Authorization: Bearer <token>` (serve/http.py). Bodies over 1 MB get 413. The policy comes
-from the deployment's `user_config` ({"policy": "fgd"}, {"checkpoint": PATH} or
-{"pointer": PATH}), so a new checkpoint is rolled out with `serve deploy` and no restart.
+from the deployment's `user_config` ({"policy": "ppo"}, the shipped learned policy, by
+default; {"policy": "fgd"}, {"checkpoint": PATH} or {"pointer": PATH}), so a new checkpoint is
+rolled out with `serve deploy` and no restart. FGD is the fallback: it decides until the PPO
+checkpoint is loaded and verified, and keeps deciding (with the reason in /health) when a
+checkpoint is refused.
 
 Adding a router (another module's routes): build it with
 `APIRouter(route_class=StrictRoute, dependencies=[Auth])`, reach the state actor with the
@@ -118,7 +121,7 @@ def _single(result: dict) -> JSONResponse:
     num_replicas=1,
     max_ongoing_requests=128,
     ray_actor_options={"num_cpus": 0},
-    user_config={"policy": "fgd"},
+    user_config={"policy": "ppo"},
 )
 @serve.ingress(api)
 class AllocatorIngress:

@@ -31,6 +31,7 @@ def _register() -> None:
         plugin_cmd,
         report_cmd,
         retrain_cmd,
+        search_cmd,
         shim_cmd,
         train_cmd,
         up_cmd,

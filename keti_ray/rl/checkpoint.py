@@ -147,6 +147,15 @@ def _config_int(config: dict, key: str, root: Path) -> int:
     return value
 
 
+def _config_bool(config: dict, key: str, root: Path) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise CheckpointError(
+            f"checkpoint {root}: {CONFIG_NAME} field {key!r} must be true or false, got {value!r}"
+        )
+    return value
+
+
 def load_scorer(
     root: str | Path,
     expected_sha256: str | None = None,
@@ -191,6 +200,7 @@ def load_scorer(
         len(config.get("candidate_features") or ()) or _config_int(config, "cand_dim", root),
         len(config.get("global_features") or ()) or _config_int(config, "glob_dim", root),
         _config_int(config, "hidden", root),
+        linear_head=_config_bool(config, "linear_head", root),
     )
     try:
         tensors = load_file(str(root / WEIGHTS_NAME))

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
         "frag_shaping": 1.0,
         "fgd_warmup_pct": [0.0, 0.0],
     },
-    "model": {"hidden": 64, "fgd_below_pct": 0.0},
+    "model": {"hidden": 64, "fgd_below_pct": 0.0, "linear_head": False},
     "bc": {
         "episodes": 4,
         "epochs": 10,
@@ -94,6 +94,10 @@ def _check(cfg: dict) -> None:
         if kind is int and int(value) != value:
             raise ConfigError(f"config: {section}.{key} must be an integer, got {value!r}")
 
+    if not isinstance(cfg["model"]["linear_head"], bool):
+        raise ConfigError(
+            f"config: model.linear_head must be true or false, got {cfg['model']['linear_head']!r}"
+        )
     if not isinstance(cfg["seed"], int):
         raise ConfigError(f"config: seed must be an integer, got {cfg['seed']!r}")
     for key in ("k", "random_extra"):

@@ -5,6 +5,10 @@ MLP to one logit, so the order of candidates does not matter and K can be anythi
 slots get MASKED_LOGIT (never chosen by argmax). The value head reads the masked mean of the
 candidates' hidden vectors together with the global features. `keti_ray.rl.module` wraps it
 as an RLlib RLModule for PPO.
+
+With `linear_head`, a linear term over the candidate's own features is added to each logit.
+Policy search (`keti_ray.rl.search`) sets that term and zeroes the MLP's output layer, so the
+policy starts as an exact, readable linear rule that PPO can then fine-tune as one network.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 class CandidateScorer(nn.Module):
     """Plain torch core of the module (also used alone for behaviour cloning)."""
 
-    def __init__(self, cand_dim: int, glob_dim: int, hidden: int = 64) -> None:
+    def __init__(
+        self, cand_dim: int, glob_dim: int, hidden: int = 64, linear_head: bool = False
+    ) -> None:
         super().__init__()
+        self.linear = nn.Linear(cand_dim, 1, bias=False) if linear_head else None
         self.encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
         self.act = nn.Tanh()
         self.logit = nn.Linear(hidden, 1)
@@ -42,6 +49,8 @@ class CandidateScorer(nn.Module):
     def logits(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.act(self.encoder(self._joined(cands, glob)))
         out = self.logit(h).squeeze(-1)
+        if self.linear is not None:
+            out = out + self.linear(cands).squeeze(-1)
         return torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
 
     def values(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -422,6 +422,7 @@ def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """What config.json records: enough to rebuild the network and its candidate set."""
     return {
         "hidden": int(cfg["model"]["hidden"]),
+        "linear_head": bool(cfg["model"].get("linear_head", False)),
         "k": int(cfg["env"]["k"]),
         "random_extra": int(cfg["env"]["random_extra"]),
         "fgd_below_pct": float(cfg["model"]["fgd_below_pct"]),
@@ -494,7 +495,10 @@ def train(
         phase("behaviour cloning")
         settings = env_settings(cfg)
         net = CandidateScorer(
-            space["candidates"].shape[-1], space["globals"].shape[-1], cfg["model"]["hidden"]
+            space["candidates"].shape[-1],
+            space["globals"].shape[-1],
+            cfg["model"]["hidden"],
+            linear_head=bool(cfg["model"].get("linear_head", False)),
         )
         bc_stats: dict[str, Any] = {"samples": 0}
         demos = teacher_labels

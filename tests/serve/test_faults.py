@@ -1,8 +1,8 @@
 """Fault injection on the real service (Ray + Serve, over HTTP) during a stream of bookings.
 
-SIGKILL of the state actor and of a Serve replica, three times each, and of the whole service
-(`keti-ray up`, every process of its session) twice: each of those is a full restart (20-40 s on
-the 2-core CI machine), and the second already kills a service that came back from a kill.
+SIGKILL of the state actor, of a Serve replica, and of the whole service (`keti-ray up`, every
+process of its session), three times each: a whole-service kill is a full restart (20-40 s on
+the 2-core CI machine), and the later ones kill a service that came back from a kill.
 After each: every 200 is present with the same node and GPUs, nothing is booked twice, no GPU is
 over-full, and every booking is one a client got a 200 for: a request that got a 5xx (or lost
 its connection) is retried until it gets its placement or a clean 409, so a booking nobody knows
@@ -27,7 +27,7 @@ from serve.app import AllocatorIngress
 from serve.state import ClusterSource
 
 KILLS = 3
-SERVICE_KILLS = 2
+SERVICE_KILLS = 3
 RETRY_FOR_S = 60.0
 
 

@@ -12,8 +12,11 @@ import pytest
 import ray
 from ray import serve
 
+from keti_ray.rl.policy import SHIPPED_CHECKPOINT_SHA256
 from serve.app import AllocatorIngress
 from serve.state import RAY_NAMESPACE, STATE_ACTOR_NAME, ClusterSource
+
+SHIPPED_PPO = "ppo@" + SHIPPED_CHECKPOINT_SHA256[:12]
 
 TOKEN = "s3cret-token"
 
@@ -58,7 +61,8 @@ def test_allocate_partition_release_roundtrip(served):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["pod"] == "default/rt" and body["existing"] is False
-    assert body["sm_pct"] == 47 and body["policy"] == "fgd" and body["decision_ms"] >= 0
+    # The deployment's default policy is the shipped PPO checkpoint, by its listing digest.
+    assert body["sm_pct"] == 47 and body["policy"] == SHIPPED_PPO and body["decision_ms"] >= 0
     assert body["env"]["BLESS_LIMIT_PCT"] == "47" and len(body["gpus"]) == 1
     gpu = body["gpus"][0]
     assert gpu["uuid"].startswith("GPU-") and gpu["milli"] == 470
@@ -197,7 +201,7 @@ def test_metrics_use_the_contract_names(served):
         "keti_cluster_unallocated_gpu_ratio",
         "keti_cluster_fragmentation_ratio",
         "keti_cluster_pods_placed",
-        'keti_allocator_info{policy="fgd"} 1.0',
+        f'keti_allocator_info{{policy="{SHIPPED_PPO}"}} 1.0',
     ):
         assert name in text, name
     assert 'outcome="refused"' in text and 'outcome="nofit"' in text

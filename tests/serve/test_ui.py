@@ -12,6 +12,7 @@ import httpx
 import pytest
 from ray import serve
 
+from keti_ray.rl.policy import SHIPPED_CHECKPOINT_SHA256
 from serve.app import AllocatorIngress
 from serve.state import ClusterSource
 from serve.ui.auth import SESSION_COOKIE, SESSION_TTL_S, session_value
@@ -118,7 +119,7 @@ def test_state_is_partition_plus_a_summary_from_the_service(served):
     assert state["nodes"] == nodes
     health = client.get("/health").json()
     summary = state["summary"]
-    assert summary["policy"] == health["policy"] == "fgd"
+    assert summary["policy"] == health["policy"] == "ppo@" + SHIPPED_CHECKPOINT_SHA256[:12]
     assert summary["nodes"] == 6 and summary["gpus"] == health["gpus"]
     assert summary["decisions"]["placed"] >= len(SHARES) + 1
     assert summary["refused"] >= 1  # the hog found no node
