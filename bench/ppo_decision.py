@@ -1,6 +1,7 @@
-"""Latency of one PPO decision (candidates + features + forward pass) on the full 1,213-node
-openb cluster, measured on every pod of a 1.3x replay of the default list.
-Target: median <= 2 ms on the 2-core dev machine. Writes bench/results/ppo_decision.json.
+"""Latency of one PPO decision as served on the full 1,213-node openb cluster, measured on
+every pod of a 1.3x replay of the default list, and on the scored decisions alone (past the
+checkpoint's FGD gate: candidates + features + forward pass). Target: median <= 2 ms on the
+2-core dev machine. Writes bench/results/ppo_decision.json.
 
     python bench/ppo_decision.py [--checkpoint DIR] [--seed 42] [--pods default]
 """
@@ -42,34 +43,50 @@ def main() -> None:
     workload = tune_workload(pods, state.total_gpu_milli, 1.3, args.seed)
     allocator = load_ppo_allocator(args.checkpoint, typical=typical, seed=args.seed)
     allocator.reset(args.seed)
-    all_ms, choice_ms, forward_ms = [], [], []
-    for pod in workload:
+    # As served: PPOAllocator.place on every pod of the replay (FGD's candidate unscored below
+    # the checkpoint's gate, a scored decision past it); the forward pass timed inside.
+    forward_ms: list[float] = []
+    choose = allocator.choose
+
+    def timed_choose(cands):
         start = time.perf_counter()
-        cands = allocator.gen.candidates(state, pod)
-        mid = time.perf_counter()
-        idx = allocator.choose(cands) if cands is not None else None
-        end = time.perf_counter()
-        all_ms.append((end - start) * 1e3)
-        if cands is not None and cands.size > 1:
-            choice_ms.append((end - start) * 1e3)
-            forward_ms.append((end - mid) * 1e3)
-        if idx is not None:
-            state.allocate(pod, cands.placement(idx))
+        try:
+            return choose(cands)
+        finally:
+            forward_ms.append((time.perf_counter() - start) * 1e3)
+
+    allocator.choose = timed_choose
+    all_ms, scored_ms = [], []
+    for pod in workload:
+        before = allocator.decisions
+        start = time.perf_counter()
+        placement = allocator.place(state, pod)
+        elapsed = (time.perf_counter() - start) * 1e3
+        all_ms.append(elapsed)
+        if allocator.decisions > before:
+            scored_ms.append(elapsed)
+        if placement is not None:
+            state.allocate(pod, placement)
     payload = {
-        "what": "one decision = candidate generation + features + forward pass",
+        "what": "one decision as served: PPOAllocator.place (candidates + features + forward "
+        "pass past the FGD gate, FGD's candidate below it)",
+        "checkpoint": str(args.checkpoint or "shipped"),
+        "fgd_below_pct": allocator.fgd_below_pct,
         "nodes": len(nodes),
         "pods": args.pods,
         "seed": args.seed,
         "decisions": len(all_ms),
+        "scored_decisions": len(scored_ms),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_1m": round(os.getloadavg()[0], 2),
         "median_ms_all_pods": round(float(np.median(all_ms)), 4),
         "p90_ms_all_pods": round(float(np.percentile(all_ms, 90)), 4),
-        "median_ms_pods_with_a_choice": round(float(np.median(choice_ms)), 4),
-        "p90_ms_pods_with_a_choice": round(float(np.percentile(choice_ms, 90)), 4),
+        "median_ms_scored_decisions": round(float(np.median(scored_ms)), 4),
+        "p90_ms_scored_decisions": round(float(np.percentile(scored_ms, 90)), 4),
         "median_ms_forward_pass": round(float(np.median(forward_ms)), 4),
         "target_median_ms": TARGET_MEDIAN_MS,
-        "meets_target": float(np.median(choice_ms)) <= TARGET_MEDIAN_MS,
+        "meets_target_all_pods": float(np.median(all_ms)) <= TARGET_MEDIAN_MS,
+        "meets_target_scored_decisions": float(np.median(scored_ms)) <= TARGET_MEDIAN_MS,
         "unallocated_gpu_pct_end": round(state.unallocated_gpu_pct(), 3),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from keti_ray.rl.candidates import (
     CandidateSet,
 )
 from keti_ray.rl.checkpoint import CheckpointError, load_scorer
-from keti_ray.rl.scorer import CandidateScorer
+from keti_ray.rl.scorer import MASKED_LOGIT, CandidateScorer
 
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
@@ -47,6 +47,12 @@ class PPOAllocator(Allocator):
         fgd_below_pct: float = 0.0,
     ) -> None:
         self.net = net.eval()
+        # A linear-head network whose MLP output layer is all zeros (what policy search writes)
+        # has logits exactly equal to its linear head: serving then skips the MLP (the same
+        # floats, about a third of a millisecond less per decision).
+        self._linear_only = bool(
+            net.linear is not None and not net.logit.weight.any() and not net.logit.bias.any()
+        )
         # Below this allocated % of GPU capacity (read from the live state) the policy takes
         # FGD's candidate without scoring: the teacher it was distilled from is FGD there.
         self.fgd_below_pct = float(fgd_below_pct)
@@ -64,12 +70,16 @@ class PPOAllocator(Allocator):
         """Index of the chosen candidate (never a padding slot)."""
         if cands.size == 1:
             return 0
-        with torch.no_grad():
-            logits = self.net.logits(
-                torch.from_numpy(cands.features)[None],
-                torch.from_numpy(cands.globals)[None],
-                torch.from_numpy(cands.mask)[None],
-            )[0]
+        with torch.inference_mode():
+            feats = torch.from_numpy(cands.features)
+            mask = torch.from_numpy(cands.mask)
+            if self._linear_only:
+                out = self.net.linear(feats).squeeze(-1)
+                logits = torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
+            else:
+                logits = self.net.logits(
+                    feats[None], torch.from_numpy(cands.globals)[None], mask[None]
+                )[0]
         return int(torch.argmax(logits))
 
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:

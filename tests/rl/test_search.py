@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from keti_ray.allocators.fgd import FGDAllocator
 from keti_ray.evaluate import load_inputs
@@ -165,3 +166,27 @@ def test_cli_refuses_bad_input_and_changes_nothing(tmp_path):
     proc = run("--out", str(tmp_path / "n"), "--seed-base", "40")
     assert proc.returncode == 2 and "evaluation seeds" in proc.stderr
     assert not (tmp_path / "n").exists()
+
+
+def test_serving_skips_a_zeroed_mlp_with_the_same_choices(nodes_csv):
+    """PPOAllocator's linear-only path (MLP output layer all zeros) chooses exactly as the
+    whole network does, decision for decision."""
+    settings = _settings(nodes_csv)
+    _, _, typical, _ = load_inputs(nodes_csv, str(pod_list_csv("default")))
+    weights = full_weights(np.random.default_rng(5).normal(0, 1.0, len(SEARCHED)), np.ones(25))
+    runs = []
+    for fast in (True, False):
+        policy = PPOAllocator(linear_net(weights), typical, 16, 2, 11, 80.0)
+        assert policy._linear_only
+        policy._linear_only = fast
+        chosen: list[int] = []
+        choose = policy.choose
+        policy.choose = lambda c, choose=choose, chosen=chosen: (
+            chosen.append(choose(c)) or chosen[-1]
+        )
+        runs.append((_full_replay(settings, 11, policy), chosen))
+    assert runs[0] == runs[1] and len(runs[0][1]) > 50
+    net = linear_net(weights)
+    with torch.no_grad():
+        net.logit.bias.fill_(0.5)  # a live MLP: the whole network decides
+    assert not PPOAllocator(net, typical, 16, 2, 11, 80.0)._linear_only

@@ -168,7 +168,7 @@ def test_browser_shows_the_partition_map(served):
         assert dom_view(page) == expected
         summary = client.get("/ui/state").json()["summary"]
         assert page.text_content("#h-refused") == str(summary["refused"])
-        assert page.text_content("#policy") == "policy fgd"
+        assert page.text_content("#policy") == "policy ppo@" + SHIPPED_CHECKPOINT_SHA256[:12]
 
         # a new booking shows up by itself within a refresh or two
         r = client.post("/allocate", json={"pod": pod("late-arrival", 400)})
