@@ -46,6 +46,15 @@ class PPOAllocator(Allocator):
         seed: int | None = None,
         fgd_below_pct: float = 0.0,
     ) -> None:
+        self.set_net(net)
+        # Below this allocated % of GPU capacity (read from the live state) the policy takes
+        # FGD's candidate without scoring (the shipped policy was searched with this gate).
+        self.fgd_below_pct = float(fgd_below_pct)
+        self.gen = CandidateGenerator(typical or TypicalPods.default(), k, random_extra, seed)
+        super().__init__(seed)
+
+    def set_net(self, net: CandidateScorer) -> None:
+        """Decide with `net` from now on (frozen: in eval mode, never trained in place)."""
         self.net = net.eval()
         # A linear-head network whose MLP output layer is all zeros (what policy search writes)
         # has logits exactly equal to its linear head: serving then skips the MLP (the same
@@ -53,11 +62,6 @@ class PPOAllocator(Allocator):
         self._linear_only = bool(
             net.linear is not None and not net.logit.weight.any() and not net.logit.bias.any()
         )
-        # Below this allocated % of GPU capacity (read from the live state) the policy takes
-        # FGD's candidate without scoring: the teacher it was distilled from is FGD there.
-        self.fgd_below_pct = float(fgd_below_pct)
-        self.gen = CandidateGenerator(typical or TypicalPods.default(), k, random_extra, seed)
-        super().__init__(seed)
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)

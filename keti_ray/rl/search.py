@@ -40,10 +40,11 @@ from keti_ray.rl.candidates import (
     NUM_GLOBAL_FEATURES,
 )
 from keti_ray.rl.checkpoint import save_scorer
+from keti_ray.rl.config import EVAL_ONLY_SEEDS
 from keti_ray.rl.policy import PPOAllocator
 from keti_ray.rl.scorer import CandidateScorer
 
-EVALUATION_SEEDS = frozenset(range(42, 52))  # never searched on
+EVALUATION_SEEDS = EVAL_ONLY_SEEDS  # 42-51: never searched on
 CHECKPOINT_SUBDIR = "checkpoint"
 REPORT_NAME = "search_report.json"
 CURVE_NAME = "search_curve.png"
@@ -61,7 +62,7 @@ class SearchSettings:
     sigma0: float = 0.3
     seeds_per_generation: int = 5  # one (list, seed) pair each, cycling over the lists
     seed_base: int = 20_000  # design seeds: seed_base + generation * seeds_per_generation + j
-    validation_seeds: tuple[int, ...] = tuple(range(30_000, 30_010))
+    validation_seeds: tuple[int, ...] = tuple(range(30_000, 30_010))  # of every list
     fgd_below_pct: float = 80.0
     k: int = 16
     random_extra: int = 2
@@ -147,7 +148,7 @@ def _finish(workload: list, progress: ReplayProgress, policy: PPOAllocator, net)
         offer_pods(run, workload, branch.gen.fgd)
         deviations = 0
     else:
-        branch.net = net
+        branch.set_net(net)
         branch.decisions = branch.fgd_agreements = 0
         offer_pods(run, workload, branch)
         deviations = branch.decisions - branch.fgd_agreements
