@@ -2,7 +2,10 @@
 behaviour cloning (loss and accuracy against the teacher's labels per epoch), PPO (episode
 return per iteration) and the evaluations against FGD (unallocated GPU % at 130%).
 
-    python bench/ppo_learning_curve.py RUN/report.json [--png bench/results/ppo_learning_curve.png]
+    python bench/ppo_learning_curve.py RUN/report.json [--png bench/results/ppo_train_curve.png]
+
+(The shipped policy's learning curve, bench/results/ppo_learning_curve.png, is the policy
+search's: bench/ppo_search_curve.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("report")
-    parser.add_argument("--png", default=str(RESULTS / "ppo_learning_curve.png"))
+    parser.add_argument("--png", default=str(RESULTS / "ppo_train_curve.png"))
     parser.add_argument("--json", default=str(RESULTS / "ppo_train_distill.json"))
     args = parser.parse_args()
     report = json.loads(Path(args.report).read_text())
