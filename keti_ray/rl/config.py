@@ -160,3 +160,19 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
         cfg = _merge(cfg, data, "")
     _check(cfg)
     return cfg
+
+
+def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's config.json records: enough to rebuild the network and its
+    candidate set (`keti-ray train` and `keti-ray search` both write it from here)."""
+    from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
+
+    return {
+        "hidden": int(cfg["model"]["hidden"]),
+        "linear_head": bool(cfg["model"].get("linear_head", False)),
+        "k": int(cfg["env"]["k"]),
+        "random_extra": int(cfg["env"]["random_extra"]),
+        "fgd_below_pct": float(cfg["model"]["fgd_below_pct"]),
+        "candidate_features": list(CANDIDATE_FEATURES),
+        "global_features": list(GLOBAL_FEATURES),
+    }

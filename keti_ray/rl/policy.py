@@ -24,7 +24,7 @@ from keti_ray.rl.candidates import (
     CandidateSet,
 )
 from keti_ray.rl.checkpoint import CheckpointError, load_scorer
-from keti_ray.rl.scorer import MASKED_LOGIT, CandidateScorer
+from keti_ray.rl.scorer import CandidateScorer
 
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
@@ -78,8 +78,7 @@ class PPOAllocator(Allocator):
             feats = torch.from_numpy(cands.features)
             mask = torch.from_numpy(cands.mask)
             if self._linear_only:
-                out = self.net.linear(feats).squeeze(-1)
-                logits = torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
+                logits = self.net.linear_logits(feats, mask)
             else:
                 logits = self.net.logits(
                     feats[None], torch.from_numpy(cands.globals)[None], mask[None]

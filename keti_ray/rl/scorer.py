@@ -28,6 +28,11 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _masked(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Padding slots get MASKED_LOGIT."""
+    return torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
+
+
 class CandidateScorer(nn.Module):
     """Plain torch core of the module (also used alone for behaviour cloning)."""
 
@@ -51,7 +56,12 @@ class CandidateScorer(nn.Module):
         out = self.logit(h).squeeze(-1)
         if self.linear is not None:
             out = out + self.linear(cands).squeeze(-1)
-        return torch.where(mask > 0.5, out, torch.full_like(out, MASKED_LOGIT))
+        return _masked(out, mask)
+
+    def linear_logits(self, cands: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The linear head's logits alone: equal to `logits` when the MLP's output layer is
+        all zeros (serving uses it then, `keti_ray.rl.policy`)."""
+        return _masked(self.linear(cands).squeeze(-1), mask)
 
     def values(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.act(self.value_encoder(self._joined(cands, glob)))

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,11 @@ from keti_ray.paths import default_nodes_csv, pod_list_csv
 from keti_ray.replay import ReplayProgress, offer_pods, tune_workload
 from keti_ray.rl.candidates import (
     CANDIDATE_FEATURES,
-    GLOBAL_FEATURES,
     NUM_CANDIDATE_FEATURES,
     NUM_GLOBAL_FEATURES,
 )
 from keti_ray.rl.checkpoint import save_scorer
-from keti_ray.rl.config import EVAL_ONLY_SEEDS
+from keti_ray.rl.config import EVAL_ONLY_SEEDS, scorer_config
 from keti_ray.rl.policy import PPOAllocator
 from keti_ray.rl.scorer import CandidateScorer
 
@@ -254,7 +254,7 @@ def run_search(
     )
     curve: list[dict] = []
     workers = min(settings.workers, os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _NoPool() as pool:
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
         for g in range(settings.generations):
             if settings.time_budget_s and time.perf_counter() - started > settings.time_budget_s:
                 log(f"time budget reached after {g} generations")
@@ -324,15 +324,16 @@ def save_search_checkpoint(
     root: Path, weights: np.ndarray, settings: SearchSettings, report: dict[str, Any]
 ) -> dict[str, Any]:
     """An ordinary verified checkpoint (safetensors + config.json + manifest) of the result."""
-    config = {
-        "hidden": settings.hidden,
-        "linear_head": True,
-        "k": settings.k,
-        "random_extra": settings.random_extra,
-        "fgd_below_pct": settings.fgd_below_pct,
-        "candidate_features": list(CANDIDATE_FEATURES),
-        "global_features": list(GLOBAL_FEATURES),
-    }
+    config = scorer_config(
+        {
+            "model": {
+                "hidden": settings.hidden,
+                "linear_head": True,
+                "fgd_below_pct": settings.fgd_below_pct,
+            },
+            "env": {"k": settings.k, "random_extra": settings.random_extra},
+        }
+    )
     info = {
         "trained_on": list(settings.lists),
         "method": "cma-es over the linear head, full-cluster replays paired with FGD",
@@ -379,16 +380,6 @@ def _paired_summary(d: np.ndarray, deviations: np.ndarray | None = None) -> dict
     if deviations is not None:
         out["deviations_mean"] = round(float(deviations.mean()), 1)
     return out
-
-
-class _NoPool:
-    """The serial stand-in for a process pool (workers = 1)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 __all__ = [

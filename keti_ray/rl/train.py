@@ -27,6 +27,7 @@ from keti_ray.paths import default_nodes_csv, pod_list_csv
 from keti_ray.replay import replay, tune_workload
 from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
 from keti_ray.rl.checkpoint import load_scorer, save_scorer
+from keti_ray.rl.config import scorer_config
 from keti_ray.rl.env import ENV_NAME, AllocationEnv, EnvSettings, Workload, observation_space
 from keti_ray.rl.module import CandidateScorer
 from keti_ray.rl.policy import PPOAllocator
@@ -415,19 +416,6 @@ def iteration_stats(result: dict[str, Any]) -> dict[str, float | None]:
         "entropy": num(learner.get("entropy")),
         "kl": num(learner.get("mean_kl_loss")),
         "env_steps": num(runners.get("num_env_steps_sampled_lifetime")),
-    }
-
-
-def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What config.json records: enough to rebuild the network and its candidate set."""
-    return {
-        "hidden": int(cfg["model"]["hidden"]),
-        "linear_head": bool(cfg["model"].get("linear_head", False)),
-        "k": int(cfg["env"]["k"]),
-        "random_extra": int(cfg["env"]["random_extra"]),
-        "fgd_below_pct": float(cfg["model"]["fgd_below_pct"]),
-        "candidate_features": list(CANDIDATE_FEATURES),
-        "global_features": list(GLOBAL_FEATURES),
     }
 
 
