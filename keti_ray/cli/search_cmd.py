@@ -31,6 +31,14 @@ def search_command(
     init: Path = typer.Option(
         None, help="Continue from an earlier search: its search_report.json."
     ),
+    linear_groups: int = typer.Option(
+        1,
+        help="1 = one weight vector for all pods; 4 = one per pod class (shared, one GPU, "
+        "multi GPU, CPU only).",
+    ),
+    cma_diagonal: bool = typer.Option(
+        False, help="Separable CMA-ES (diagonal covariance), for many weights."
+    ),
 ) -> None:
     """Search the linear head of the candidate scorer on full-cluster replays against FGD."""
     from keti_ray.paths import pod_list_csv
@@ -68,9 +76,18 @@ def search_command(
             workers=workers,
             time_budget_s=time_budget,
             seed=seed,
+            linear_groups=linear_groups,
+            cma_diagonal=cma_diagonal,
         )
     except ValueError as exc:
         fail(str(exc))
+    if start is not None:  # refuse a report that cannot start this search before any work
+        from keti_ray.rl.search import start_coordinates
+
+        try:
+            start_coordinates(start, start["feature_scales"], linear_groups)
+        except (KeyError, TypeError, ValueError) as exc:
+            fail(f"--init: {init} cannot start this search ({exc})")
     report = run_search(
         settings, out, log=lambda line: print(line, file=sys.stderr, flush=True), init=start
     )

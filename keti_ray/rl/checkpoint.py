@@ -156,6 +156,20 @@ def _config_bool(config: dict, key: str, root: Path) -> bool:
     return value
 
 
+def _config_groups(config: dict, root: Path) -> int:
+    """`linear_groups` (absent in older checkpoints: one weight vector for every pod)."""
+    from keti_ray.rl.pod_groups import ACCEPTED_GROUP_COUNTS, POD_GROUPS
+
+    value = config.get("linear_groups", 1)
+    if isinstance(value, bool) or value not in ACCEPTED_GROUP_COUNTS:
+        raise CheckpointError(
+            f"checkpoint {root}: {CONFIG_NAME} field 'linear_groups' must be one of "
+            f"{list(ACCEPTED_GROUP_COUNTS)} (1, or one per pod class {list(POD_GROUPS)}), "
+            f"got {value!r}"
+        )
+    return int(value)
+
+
 def load_scorer(
     root: str | Path,
     expected_sha256: str | None = None,
@@ -201,6 +215,7 @@ def load_scorer(
         len(config.get("global_features") or ()) or _config_int(config, "glob_dim", root),
         _config_int(config, "hidden", root),
         linear_head=_config_bool(config, "linear_head", root),
+        linear_groups=_config_groups(config, root),
     )
     try:
         tensors = load_file(str(root / WEIGHTS_NAME))

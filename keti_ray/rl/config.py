@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
         "frag_shaping": 1.0,
         "fgd_warmup_pct": [0.0, 0.0],
     },
-    "model": {"hidden": 64, "fgd_below_pct": 0.0, "linear_head": False},
+    "model": {"hidden": 64, "fgd_below_pct": 0.0, "linear_head": False, "linear_groups": 1},
     "bc": {
         "episodes": 4,
         "epochs": 10,
@@ -98,6 +98,14 @@ def _check(cfg: dict) -> None:
         raise ConfigError(
             f"config: model.linear_head must be true or false, got {cfg['model']['linear_head']!r}"
         )
+    from keti_ray.rl.pod_groups import ACCEPTED_GROUP_COUNTS, POD_GROUPS
+
+    groups = cfg["model"]["linear_groups"]
+    if isinstance(groups, bool) or groups not in ACCEPTED_GROUP_COUNTS:
+        raise ConfigError(
+            f"config: model.linear_groups must be one of {list(ACCEPTED_GROUP_COUNTS)} (1, or "
+            f"one weight vector per pod class {list(POD_GROUPS)}), got {groups!r}"
+        )
     if not isinstance(cfg["seed"], int):
         raise ConfigError(f"config: seed must be an integer, got {cfg['seed']!r}")
     for key in ("k", "random_extra"):
@@ -170,6 +178,7 @@ def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "hidden": int(cfg["model"]["hidden"]),
         "linear_head": bool(cfg["model"].get("linear_head", False)),
+        "linear_groups": int(cfg["model"].get("linear_groups", 1)),
         "k": int(cfg["env"]["k"]),
         "random_extra": int(cfg["env"]["random_extra"]),
         "fgd_below_pct": float(cfg["model"]["fgd_below_pct"]),

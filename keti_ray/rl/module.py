@@ -33,6 +33,7 @@ class CandidateScorerModule(TorchRLModule, ValueFunctionAPI):
             glob_dim,
             int(config.get("hidden", 64)),
             linear_head=bool(config.get("linear_head", False)),
+            linear_groups=int(config.get("linear_groups", 1)),
         )
         init = config.get("init_weights")
         if init:  # a safetensors file the trainer verified (tensors only, never code)

@@ -76,13 +76,12 @@ class PPOAllocator(Allocator):
             return 0
         with torch.inference_mode():
             feats = torch.from_numpy(cands.features)
+            glob = torch.from_numpy(cands.globals)
             mask = torch.from_numpy(cands.mask)
             if self._linear_only:
-                logits = self.net.linear_logits(feats, mask)
+                logits = self.net.linear_logits(feats, glob, mask)
             else:
-                logits = self.net.logits(
-                    feats[None], torch.from_numpy(cands.globals)[None], mask[None]
-                )[0]
+                logits = self.net.logits(feats[None], glob[None], mask[None])[0]
         return int(torch.argmax(logits))
 
     def place(self, state: ClusterState, pod: PodRequest) -> Placement | None:

@@ -66,6 +66,7 @@ def train_candidate(
     net, served_config, manifest = load_scorer(init_from, None, CANDIDATE_FEATURES, GLOBAL_FEATURES)
     cfg["model"]["hidden"] = served_config["hidden"]
     cfg["model"]["linear_head"] = bool(served_config.get("linear_head", False))
+    cfg["model"]["linear_groups"] = int(served_config.get("linear_groups", 1))
     cfg["model"]["fgd_below_pct"] = float(served_config.get("fgd_below_pct", 0.0))
     cfg["env"]["k"] = served_config["k"]
     cfg["env"]["random_extra"] = served_config["random_extra"]

@@ -9,12 +9,16 @@ as an RLlib RLModule for PPO.
 With `linear_head`, a linear term over the candidate's own features is added to each logit.
 Policy search (`keti_ray.rl.search`) sets that term and zeroes the MLP's output layer, so the
 policy starts as an exact, readable linear rule that PPO can then fine-tune as one network.
+With `linear_groups` = 4 the head holds one weight vector per pod class
+(`keti_ray.rl.pod_groups`) and each pod is scored by its class's vector.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from keti_ray.rl.pod_groups import ACCEPTED_GROUP_COUNTS, POD_GROUPS, pod_group
 
 MASKED_LOGIT = -1e9  # far below any real logit; finite so that softmax stays defined
 
@@ -37,10 +41,21 @@ class CandidateScorer(nn.Module):
     """Plain torch core of the module (also used alone for behaviour cloning)."""
 
     def __init__(
-        self, cand_dim: int, glob_dim: int, hidden: int = 64, linear_head: bool = False
+        self,
+        cand_dim: int,
+        glob_dim: int,
+        hidden: int = 64,
+        linear_head: bool = False,
+        linear_groups: int = 1,
     ) -> None:
         super().__init__()
-        self.linear = nn.Linear(cand_dim, 1, bias=False) if linear_head else None
+        if linear_groups not in ACCEPTED_GROUP_COUNTS:
+            raise ValueError(
+                f"linear_groups must be one of {list(ACCEPTED_GROUP_COUNTS)} "
+                f"(1, or one per pod class {list(POD_GROUPS)}), got {linear_groups!r}"
+            )
+        self.linear_groups = linear_groups
+        self.linear = nn.Linear(cand_dim, linear_groups, bias=False) if linear_head else None
         self.encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
         self.act = nn.Tanh()
         self.logit = nn.Linear(hidden, 1)
@@ -55,13 +70,21 @@ class CandidateScorer(nn.Module):
         h = self.act(self.encoder(self._joined(cands, glob)))
         out = self.logit(h).squeeze(-1)
         if self.linear is not None:
-            out = out + self.linear(cands).squeeze(-1)
+            out = out + self._linear_term(cands, glob)
         return _masked(out, mask)
 
-    def linear_logits(self, cands: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def linear_logits(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor):
         """The linear head's logits alone: equal to `logits` when the MLP's output layer is
         all zeros (serving uses it then, `keti_ray.rl.policy`)."""
-        return _masked(self.linear(cands).squeeze(-1), mask)
+        return _masked(self._linear_term(cands, glob), mask)
+
+    def _linear_term(self, cands: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        """[..., K] linear scores: the pod's class's weight vector on each candidate."""
+        per_group = self.linear(cands)  # [..., K, groups]
+        if self.linear_groups == 1:
+            return per_group.squeeze(-1)
+        index = pod_group(glob)[..., None, None].expand(*per_group.shape[:-1], 1)
+        return per_group.gather(-1, index).squeeze(-1)
 
     def values(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.act(self.value_encoder(self._joined(cands, glob)))

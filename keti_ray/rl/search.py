@@ -13,6 +13,10 @@ gate the policy is FGD), so that prefix is replayed once per worker task and eac
 continues from a copy of it. The search writes an ordinary checkpoint: the network with the
 linear head set and the MLP's output layer zeroed, which `keti-ray eval` and Serve load like
 any other and PPO can fine-tune.
+
+With `linear_groups` = 4 each pod class (`keti_ray.rl.pod_groups`) gets its own weight vector;
+the features that only a shared pod has (its GPU's gap) are searched for the shared class
+alone, since they are zero for every other pod.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from keti_ray.rl.candidates import (
 )
 from keti_ray.rl.checkpoint import save_scorer
 from keti_ray.rl.config import EVAL_ONLY_SEEDS, scorer_config
+from keti_ray.rl.pod_groups import POD_GROUPS
 from keti_ray.rl.policy import PPOAllocator
 from keti_ray.rl.scorer import CandidateScorer
 
@@ -50,6 +55,30 @@ REPORT_NAME = "search_report.json"
 CURVE_NAME = "search_curve.png"
 FGD_SLOT = CANDIDATE_FEATURES.index("is_fgd_choice")
 SEARCHED = tuple(i for i in range(NUM_CANDIDATE_FEATURES) if i != FGD_SLOT)
+# Zero for every pod but a shared one (the chosen GPU's free milli and its gap's counts).
+SHARED_ONLY = tuple(
+    CANDIDATE_FEATURES.index(name)
+    for name in (
+        "chosen_gpu_free_after",
+        "chosen_gpu_free_before",
+        "gap_count_before",
+        "gap_count_after",
+        "dead_sliver_after",
+    )
+)
+
+
+def searched_coordinates(groups: int) -> list[tuple[int, int]]:
+    """(group, feature) of every searched weight: all but FGD's slot for one group; per pod
+    class, the shared-only features for the shared class alone."""
+    if groups == 1:
+        return [(0, f) for f in SEARCHED]
+    return [
+        (g, f)
+        for g, name in enumerate(POD_GROUPS)
+        for f in SEARCHED
+        if name == "shared" or f not in SHARED_ONLY
+    ]
 
 
 @dataclass(frozen=True)
@@ -72,6 +101,8 @@ class SearchSettings:
     chunks_per_pair: int = 3  # worker tasks per (list, seed): each replays the prefix once
     time_budget_s: float = 0.0  # stop starting generations after this (0 = no limit)
     seed: int = 0
+    linear_groups: int = 1  # 1, or one weight vector per pod class (len(POD_GROUPS))
+    cma_diagonal: bool = False  # separable CMA-ES (a diagonal covariance: many weights)
     nodes_csv: str = field(default_factory=lambda: str(default_nodes_csv()))
 
     def __post_init__(self) -> None:
@@ -85,6 +116,11 @@ class SearchSettings:
             )
         if self.popsize < 4 or self.generations < 1 or self.seeds_per_generation < 1:
             raise ValueError("popsize must be >= 4, generations and seeds_per_generation >= 1")
+        if self.linear_groups not in (1, len(POD_GROUPS)):
+            raise ValueError(
+                f"linear_groups must be 1 or {len(POD_GROUPS)} (one per pod class "
+                f"{list(POD_GROUPS)}), got {self.linear_groups!r}"
+            )
 
     def design_seeds(self) -> range:
         return range(self.seed_base, self.seed_base + self.generations * self.seeds_per_generation)
@@ -98,22 +134,59 @@ class SearchSettings:
 
 
 def linear_net(weights: np.ndarray, hidden: int = 64, seed: int = 0) -> CandidateScorer:
-    """A scorer whose logits are exactly `weights` . candidate features (MLP output zeroed)."""
+    """A scorer whose logits are exactly `weights` . candidate features (MLP output zeroed);
+    `weights` is one vector [features] or one per pod class [groups, features]."""
+    rows = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     torch.manual_seed(seed)
-    net = CandidateScorer(NUM_CANDIDATE_FEATURES, NUM_GLOBAL_FEATURES, hidden, linear_head=True)
+    net = CandidateScorer(
+        NUM_CANDIDATE_FEATURES,
+        NUM_GLOBAL_FEATURES,
+        hidden,
+        linear_head=True,
+        linear_groups=rows.shape[0],
+    )
     with torch.no_grad():
         net.logit.weight.zero_()
         net.logit.bias.zero_()
-        net.linear.weight.copy_(torch.as_tensor(weights, dtype=torch.float32)[None])
+        net.linear.weight.copy_(torch.as_tensor(rows, dtype=torch.float32))
     return net.eval()
 
 
-def full_weights(u: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Searched coordinates (unit = one spread of the feature) -> the linear head's weights."""
-    w = np.zeros(NUM_CANDIDATE_FEATURES)
-    w[FGD_SLOT] = 1.0  # FGD's slot keeps a bonus of 1; the rest must outweigh it to deviate
-    w[list(SEARCHED)] = np.asarray(u) / scales
-    return w
+def full_weights(u: np.ndarray, scales: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Searched coordinates (unit = one spread of the feature) -> the linear head's weights:
+    [features] for one group, [groups, features] per pod class."""
+    w = np.zeros((groups, NUM_CANDIDATE_FEATURES))
+    w[:, FGD_SLOT] = 1.0  # FGD's slot keeps a bonus of 1; the rest must outweigh it to deviate
+    position = {f: i for i, f in enumerate(SEARCHED)}  # scales are per feature, in SEARCHED
+    for value, (g, f) in zip(np.asarray(u), searched_coordinates(groups), strict=True):
+        w[g, f] = value / scales[position[f]]
+    return w[0] if groups == 1 else w
+
+
+def start_coordinates(init: dict[str, Any], scales: np.ndarray, groups: int) -> np.ndarray:
+    """An earlier search's final weights as this search's coordinates. One vector for all
+    pods starts every pod class from it (the same policy); a per-class report needs groups."""
+    weights = init["weights"]
+    nested = all(isinstance(v, dict) for v in weights.values())
+    if nested and groups == 1:
+        raise ValueError("the earlier search has one weight vector per pod class; use 4 groups")
+    rows = (
+        [[weights[name][f] for f in CANDIDATE_FEATURES] for name in POD_GROUPS]
+        if nested
+        else [[weights[f] for f in CANDIDATE_FEATURES]] * groups
+    )
+    position = {f: i for i, f in enumerate(SEARCHED)}
+    return np.array(
+        [rows[g][f] * scales[position[f]] for g, f in searched_coordinates(groups)],
+        dtype=np.float64,
+    )
+
+
+def weights_report(weights: np.ndarray) -> dict[str, Any]:
+    """The report's `weights`: {feature: w}, or {pod class: {feature: w}} per class."""
+    rows = np.atleast_2d(weights).round(6).tolist()
+    named = [dict(zip(CANDIDATE_FEATURES, row, strict=True)) for row in rows]
+    return named[0] if len(named) == 1 else dict(zip(POD_GROUPS, named, strict=True))
 
 
 # ---- worker side ------------------------------------------------------------------------------
@@ -238,20 +311,20 @@ def run_search(
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    groups = settings.linear_groups
     if init is not None:  # continue a previous search: its spreads and its final weights
         scales = np.asarray(init["feature_scales"], dtype=np.float64)
-        previous = np.array([init["weights"][name] for name in CANDIDATE_FEATURES])
-        u0 = previous[list(SEARCHED)] * scales
+        u0 = start_coordinates(init, scales, groups)
         log(f"starting from a previous search ({len(init['curve'])} generations)")
     else:
         scales = feature_scales(settings)
-        u0 = np.zeros(len(SEARCHED))
+        u0 = np.zeros(len(searched_coordinates(groups)))
         log(f"feature spreads measured in {time.perf_counter() - started:.0f} s")
-    es = cma.CMAEvolutionStrategy(
-        u0,
-        settings.sigma0,
-        {"popsize": settings.popsize, "seed": settings.seed + 1, "verbose": -9},
-    )
+    options = {"popsize": settings.popsize, "seed": settings.seed + 1, "verbose": -9}
+    if settings.cma_diagonal:
+        options["CMA_diagonal"] = True
+    es = cma.CMAEvolutionStrategy(u0, settings.sigma0, options)
+    log(f"searching {u0.size} weights ({groups} pod group(s)), population {settings.popsize}")
     curve: list[dict] = []
     workers = min(settings.workers, os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
@@ -261,9 +334,9 @@ def run_search(
                 break
             t0 = time.perf_counter()
             population = es.ask()
-            weights = [full_weights(u, scales) for u in population]
+            weights = [full_weights(u, scales, groups) for u in population]
             # The distribution's mean rides along (last row) for the learning curve.
-            weights.append(full_weights(es.mean, scales))
+            weights.append(full_weights(es.mean, scales, groups))
             diff, fgd, dev = paired_differences(pool, settings, settings.pairs(g), weights)
             fitness = diff[:-1].mean(axis=1)
             es.tell(population, fitness.tolist())
@@ -285,12 +358,12 @@ def run_search(
                 f"  deviations {row['mean_policy_deviations']:.0f}  sigma {row['sigma']:.3f}  "
                 f"{row['seconds']:.0f} s"
             )
-        final = full_weights(np.asarray(es.mean), scales)
+        final = full_weights(np.asarray(es.mean), scales, groups)
         # Validation on design seeds no generation used: the result, paired with FGD and, when
         # the search continued an earlier one, with that one's weights (the choice between
         # them is made here, never on evaluation seeds).
         pairs = [(name, seed) for name in settings.lists for seed in settings.validation_seeds]
-        contenders = [final] + ([full_weights(u0, scales)] if init is not None else [])
+        contenders = [final] + ([full_weights(u0, scales, groups)] if init is not None else [])
         diff, fgd, dev = paired_differences(pool, settings, pairs, contenders)
     validation: dict[str, Any] = {"pairs": pairs, "fgd": fgd.round(3).tolist()}
     for row, label in enumerate(("result", "started_from")[: len(contenders)]):
@@ -306,7 +379,7 @@ def run_search(
         "settings": {k: v for k, v in asdict(settings).items() if k != "nodes_csv"},
         "feature_names": [CANDIDATE_FEATURES[i] for i in SEARCHED],
         "feature_scales": scales.round(6).tolist(),
-        "weights": dict(zip(CANDIDATE_FEATURES, final.round(6).tolist(), strict=True)),
+        "weights": weights_report(final),
         "curve": curve,
         "started_from": None if init is None else init.get("checkpoint_sha256"),
         "validation": validation,
@@ -329,6 +402,7 @@ def save_search_checkpoint(
             "model": {
                 "hidden": settings.hidden,
                 "linear_head": True,
+                "linear_groups": settings.linear_groups,
                 "fgd_below_pct": settings.fgd_below_pct,
             },
             "env": {"k": settings.k, "random_extra": settings.random_extra},
@@ -390,4 +464,6 @@ __all__ = [
     "linear_net",
     "paired_differences",
     "run_search",
+    "searched_coordinates",
+    "start_coordinates",
 ]

@@ -487,6 +487,7 @@ def train(
             space["globals"].shape[-1],
             cfg["model"]["hidden"],
             linear_head=bool(cfg["model"].get("linear_head", False)),
+            linear_groups=int(cfg["model"].get("linear_groups", 1)),
         )
         bc_stats: dict[str, Any] = {"samples": 0}
         demos = teacher_labels
