@@ -55,7 +55,10 @@ def main() -> None:
         offset = gens[-1] + 1
         if i < len(stages):
             ax.axvline(offset - 0.5, color="grey", alpha=0.3)
-    ax.set_xlabel("generation (3 searches, each continuing the last)")
+    ax.set_xlabel(
+        f"generation ({len(stages)} searches, each continuing the last; "
+        "from stage 4 on, one weight vector per pod class)"
+    )
     ax.set_ylabel("unallocated GPU % at 130% minus FGD (pp)")
     ax.set_title("Policy search on 5 training lists, full 1,213-node cluster")
     ax.grid(alpha=0.3)
