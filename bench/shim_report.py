@@ -4,7 +4,17 @@ The figures come from `native/vai_accelerator/gpu/sweep.py` runs on the lent H20
 native/vai_accelerator/gpu/results/sweep_*.json (one per device call). This script only reads
 them; re-running the GPU part needs the device (tests/native/test_gpu_sweep.py does both).
 
-    python bench/shim_report.py [--results DIR] [--out FILE]
+    python bench/shim_report.py [--results DIR] [--files NAME ...] [--out FILE]
+
+--files names the sweep files in DIR, merged in order (a later file wins a section); the default
+is the issue-11 calls 2 and 3 (sweep_final.json, sweep_final_launch.json). The re-run on the
+per-stream-FIFO shim (from the repository root):
+
+    python bench/shim_report.py --files sweep_fifo.json sweep_fifo2.json
+                                --out bench/results/shim_gpu_fifo.json
+
+A check that needs a section none of the files has is listed with "pass": null and "result":
+"not re-run" (and the report counts them in "not_re_run").
 
 Every check compares figures measured in the same run (the same share with and without an
 option, one full process against two halves, no shim against the shim); the SM counts are
@@ -22,7 +32,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "native" / "vai_accelerator" / "gpu" / "results"
+DEFAULT_FILES = ["sweep_final.json", "sweep_final_launch.json"]
 DEFAULT_OUT = ROOT / "bench" / "results" / "shim_gpu.json"
+NOT_RERUN = "not re-run"
 # Earlier figures (native/vai_accelerator/RESULTS.md, issue 3): launch rate, shim 50 / no shim.
 EARLIER_LAUNCH_RATIO = {"mps": 1.004, "green": 0.946}
 
@@ -47,10 +59,12 @@ def granted_sms(pct: int, device_sms: int, mechanism: str) -> int:
         return max(8, exact // 8 * 8)
 
 
-def load(results: Path) -> dict[str, dict]:
-    """{section: rows} merged over every sweep_*.json (a later file wins a section)."""
+def load(results: Path, names: list[str] | None = None) -> dict[str, dict]:
+    """{section: rows} merged over the named files in results, else every sweep_*.json there
+    (a later file wins a section)."""
     merged: dict[str, dict] = {"_meta": {}}
-    for path in sorted(results.glob("sweep_*.json")):
+    paths = [results / n for n in names] if names else sorted(results.glob("sweep_*.json"))
+    for path in paths:
         data = json.loads(path.read_text())
         merged["_meta"][path.name] = {
             k: data.get(k) for k in ("commit", "started", "argv", "total_secs")
@@ -64,6 +78,11 @@ def load(results: Path) -> dict[str, dict]:
 
 def check(name: str, ok: bool, **figures: Any) -> dict[str, Any]:
     return {"check": name, "pass": bool(ok), **figures}
+
+
+def not_rerun(c: dict[str, Any], sections: list[str], **figures: Any) -> dict[str, Any]:
+    """A check that cannot be decided: the sections it needs are in none of the files."""
+    return {**c, "pass": None, "result": NOT_RERUN, "sections_not_re_run": sections, **figures}
 
 
 def res(row: dict | None) -> dict:
@@ -103,7 +122,7 @@ def census(sec: dict, mech: str, device_sms: int) -> list[dict]:
                 table=table,
             )
         )
-    if sec.get("static"):
+    if sec.get("static") or not sec:
         rows = [c for c in out[0]["table"] if c["pct"] >= MIN_SHARE_PCT]
         off = [c for c in rows if c["census"] != c["predicted"]]
         out.append(
@@ -118,10 +137,13 @@ def census(sec: dict, mech: str, device_sms: int) -> list[dict]:
     return out
 
 
-def not_reproducible(repro: dict | None) -> set[str]:
-    """Cases whose products differ between two processes of the same share run one at a time."""
+def not_reproducible(repro: dict | None) -> set[str] | None:
+    """Cases whose products differ between two processes of the same share run one at a time
+    (None: mps_repro was not run)."""
+    if repro is None:
+        return None
     by: dict[int, list[dict]] = {}
-    for r in (repro or {}).get("rows", []):
+    for r in repro.get("rows", []):
         by.setdefault(r["pct"], []).append(res(r).get("cases", {}))
     out = set()
     for runs in by.values():
@@ -130,7 +152,7 @@ def not_reproducible(repro: dict | None) -> set[str]:
     return out
 
 
-def gemm(sec: dict, mech: str, nonrepro: set[str] = frozenset()) -> list[dict]:
+def gemm(sec: dict, mech: str, nonrepro: set[str] | None = frozenset()) -> list[dict]:
     rows = sec.get("rows", [])
     auto = [r for r in rows if r["attr"] == "auto"]
     wrong = [
@@ -152,7 +174,7 @@ def gemm(sec: dict, mech: str, nonrepro: set[str] = frozenset()) -> list[dict]:
         )
     ]
     controls = [r for r in rows if r["attr"] == "granted"]
-    if controls:
+    if controls or not sec:
         out.append(
             check(
                 f"{mech}: control: told the share (VAI_SM_ATTRIBUTE=granted) the same checks find "
@@ -164,29 +186,32 @@ def gemm(sec: dict, mech: str, nonrepro: set[str] = frozenset()) -> list[dict]:
             )
         )
     conc = {r["pct"]: res(r).get("cases", {}) for r in auto}
-    same, same_err, diffs = 0, 0, []
+    same, same_err, diffs, undecided = 0, 0, [], []
     for r in sec.get("alone", []):
         a, c = res(r).get("cases", {}), conc.get(r["pct"], {})
         for k, v in a.items():
             if k in c and c[k].get("fp") == v.get("fp"):
                 same += 1
-            elif k in c and k in nonrepro and c[k].get("err") == v.get("err"):
+            elif k in c and (nonrepro is None or k in nonrepro) and c[k].get("err") == v.get("err"):
                 same_err += 1  # not bitwise reproducible between processes at all: same error
+                if nonrepro is None:  # whether two lone runs differ too was not measured
+                    undecided.append(f"{r['pct']}:{k}")
             else:
                 diffs.append(f"{r['pct']}:{k}")
-    if sec.get("alone"):
-        out.append(
-            check(
-                f"{mech}: running {sec.get('workers')} shares at once changes no result: the same "
-                "shares run alone give bit-identical products (fingerprints), or the same error "
-                "where two lone runs differ in bits too",
-                same > 0 and not diffs,
-                identical=same,
-                same_error_not_bitwise_reproducible=same_err,
-                not_reproducible_between_processes=sorted(nonrepro),
-                different=diffs[:10],
-            )
+    if sec.get("alone") or not sec:
+        alone = check(
+            f"{mech}: running {sec.get('workers', 'N')} shares at once changes no result: the same "
+            "shares run alone give bit-identical products (fingerprints), or the same error "
+            "where two lone runs differ in bits too",
+            same > 0 and not diffs,
+            identical=same,
+            same_error_not_bitwise_reproducible=same_err,
+            not_reproducible_between_processes=sorted(nonrepro or ()),
+            different=diffs[:10],
         )
+        if undecided and not diffs:
+            alone = not_rerun(alone, ["mps_repro"], same_error_bits_differ=undecided)
+        out.append(alone)
     return out
 
 
@@ -315,51 +340,57 @@ def quota(sec: dict) -> list[dict]:
     return out
 
 
+def nvml(sec: dict, dev: int) -> list[dict]:
+    st = sec.get("nvml", {}).get("status", {})
+    return [
+        check(
+            "MPS: without VAI_DEVICE_SM_COUNT the shim learns the device's SM count from NVML",
+            st.get("sms_device") == dev and st.get("sms_device_source") == "nvml",
+            status=sec.get("nvml", {}).get("status"),
+        )
+    ]
+
+
 def evaluate(data: dict) -> list[dict]:
     dev = (data.get("env") or {}).get("device_sms") or 132
-    checks: list[dict] = []
-    if "mps_census" in data:
-        checks += census(data["mps_census"], "mps", dev)
-        nv = data["mps_census"].get("nvml", {})
-        checks.append(
-            check(
-                "MPS: without VAI_DEVICE_SM_COUNT the shim learns the device's SM count from NVML",
-                nv.get("status", {}).get("sms_device") == dev
-                and nv.get("status", {}).get("sms_device_source") == "nvml",
-                status=nv.get("status"),
-            )
-        )
     nonrepro = not_reproducible(data.get("mps_repro"))
-    if "mps_gemm" in data:
-        checks += gemm(data["mps_gemm"], "mps", nonrepro)
-    if "mps_perf" in data:
-        checks += perf(data["mps_perf"])
-    if "mps_pair" in data:
-        checks += pair(data["mps_pair"])
-    if "mps_launch" in data:
-        checks += launch(data["mps_launch"], "mps")
-    if "mps_preload" in data:
-        checks += preload(data["mps_preload"], "mps", dev)
-    if "green_census" in data:
-        checks += census(data["green_census"], "green", dev)
-    if "green_gemm" in data:
-        checks += gemm(data["green_gemm"], "green", nonrepro)
-    if "green_launch" in data:
-        checks += launch(data["green_launch"], "green")
-    if "green_preload" in data:
-        checks += preload(data["green_preload"], "green", dev)
-    if "quota" in data:
-        checks += quota(data["quota"])
+    sections = {
+        "mps_census": lambda s: census(s, "mps", dev) + nvml(s, dev),
+        "mps_gemm": lambda s: gemm(s, "mps", nonrepro),
+        "mps_perf": perf,
+        "mps_pair": pair,
+        "mps_launch": lambda s: launch(s, "mps"),
+        "mps_preload": lambda s: preload(s, "mps", dev),
+        "green_census": lambda s: census(s, "green", dev),
+        "green_gemm": lambda s: gemm(s, "green", nonrepro),
+        "green_launch": lambda s: launch(s, "green"),
+        "green_preload": lambda s: preload(s, "green", dev),
+        "quota": quota,
+    }
+    checks: list[dict] = []
+    for name, derive in sections.items():
+        if name in data:
+            checks += derive(data[name])
+        else:  # the same checks on no figures, marked: their names, not a verdict
+            checks += [not_rerun(c, [name]) for c in derive({})]
     return checks
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    ap.add_argument("--files", nargs="+", default=DEFAULT_FILES, metavar="NAME")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    data = load(args.results)
+    data = load(args.results, args.files)
     checks = evaluate(data)
+    counts = {
+        "passed": sum(c["pass"] is True for c in checks),
+        "failed": sum(c["pass"] is False for c in checks),
+        "not_re_run": sum(c["pass"] is None for c in checks),
+    }
+    if not counts["not_re_run"]:
+        del counts["not_re_run"]  # (the key is new; reports without such checks stay as they were)
     report = {
         "source": str(args.results.relative_to(ROOT))
         if args.results.is_relative_to(ROOT)
@@ -367,16 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         "runs": data["_meta"],
         "env": data.get("env"),
         "markers": data.get("markers"),
-        "passed": sum(c["pass"] for c in checks),
-        "failed": sum(not c["pass"] for c in checks),
+        **counts,
         "checks": checks,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for c in checks:
         figs = {k: v for k, v in c.items() if k not in ("check", "pass", "table")}
-        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['check']}\n      {json.dumps(figs)[:400]}")
-    print(f"{report['passed']} passed, {report['failed']} failed -> {args.out}")
+        verdict = {True: "PASS", False: "FAIL", None: "NOT RE-RUN"}[c["pass"]]
+        print(f"{verdict}  {c['check']}\n      {json.dumps(figs)[:400]}")
+    summary = f"{counts['passed']} passed, {counts['failed']} failed"
+    if "not_re_run" in counts:
+        summary += f", {counts['not_re_run']} {NOT_RERUN}"
+    print(summary, "->", args.out)
     return 0
 
 
