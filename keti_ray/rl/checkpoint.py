@@ -158,15 +158,12 @@ def _config_bool(config: dict, key: str, root: Path) -> bool:
 
 def _config_groups(config: dict, root: Path) -> int:
     """`linear_groups` (absent in older checkpoints: one weight vector for every pod)."""
-    from keti_ray.rl.pod_groups import ACCEPTED_GROUP_COUNTS, POD_GROUPS
+    from keti_ray.rl.pod_groups import group_count_problem
 
     value = config.get("linear_groups", 1)
-    if isinstance(value, bool) or value not in ACCEPTED_GROUP_COUNTS:
-        raise CheckpointError(
-            f"checkpoint {root}: {CONFIG_NAME} field 'linear_groups' must be one of "
-            f"{list(ACCEPTED_GROUP_COUNTS)} (1, or one per pod class {list(POD_GROUPS)}), "
-            f"got {value!r}"
-        )
+    problem = group_count_problem(value)
+    if problem:
+        raise CheckpointError(f"checkpoint {root}: {CONFIG_NAME} field 'linear_groups' {problem}")
     return int(value)
 
 

@@ -98,14 +98,11 @@ def _check(cfg: dict) -> None:
         raise ConfigError(
             f"config: model.linear_head must be true or false, got {cfg['model']['linear_head']!r}"
         )
-    from keti_ray.rl.pod_groups import ACCEPTED_GROUP_COUNTS, POD_GROUPS
+    from keti_ray.rl.pod_groups import group_count_problem
 
-    groups = cfg["model"]["linear_groups"]
-    if isinstance(groups, bool) or groups not in ACCEPTED_GROUP_COUNTS:
-        raise ConfigError(
-            f"config: model.linear_groups must be one of {list(ACCEPTED_GROUP_COUNTS)} (1, or "
-            f"one weight vector per pod class {list(POD_GROUPS)}), got {groups!r}"
-        )
+    problem = group_count_problem(cfg["model"]["linear_groups"])
+    if problem:
+        raise ConfigError(f"config: model.linear_groups {problem}")
     if not isinstance(cfg["seed"], int):
         raise ConfigError(f"config: seed must be an integer, got {cfg['seed']!r}")
     for key in ("k", "random_extra"):

@@ -20,6 +20,16 @@ _SHARED = GLOBAL_FEATURES.index("pod_is_shared")
 _CPU_ONLY = GLOBAL_FEATURES.index("pod_is_cpu_only")
 
 
+def group_count_problem(value: object) -> str | None:
+    """Why `value` is no accepted `linear_groups` (None when it is one); callers name the field."""
+    if isinstance(value, bool) or value not in ACCEPTED_GROUP_COUNTS:
+        return (
+            f"must be one of {list(ACCEPTED_GROUP_COUNTS)} (1, or one weight vector per pod "
+            f"class {list(POD_GROUPS)}), got {value!r}"
+        )
+    return None
+
+
 def pod_group(glob: torch.Tensor) -> torch.Tensor:
     """Index into POD_GROUPS of each pod ([..., NUM_GLOBAL_FEATURES] -> long [...])."""
     group = torch.where(glob[..., _NUM_GPU] * 8.0 > 1.5, 2, 1)
@@ -27,4 +37,4 @@ def pod_group(glob: torch.Tensor) -> torch.Tensor:
     return torch.where(glob[..., _CPU_ONLY] > 0.5, 3, group).long()
 
 
-__all__ = ["ACCEPTED_GROUP_COUNTS", "POD_GROUPS", "pod_group"]
+__all__ = ["ACCEPTED_GROUP_COUNTS", "POD_GROUPS", "group_count_problem", "pod_group"]

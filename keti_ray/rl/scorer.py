@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from keti_ray.rl.pod_groups import ACCEPTED_GROUP_COUNTS, POD_GROUPS, pod_group
+from keti_ray.rl.pod_groups import group_count_problem, pod_group
 
 MASKED_LOGIT = -1e9  # far below any real logit; finite so that softmax stays defined
 
@@ -49,11 +49,9 @@ class CandidateScorer(nn.Module):
         linear_groups: int = 1,
     ) -> None:
         super().__init__()
-        if linear_groups not in ACCEPTED_GROUP_COUNTS:
-            raise ValueError(
-                f"linear_groups must be one of {list(ACCEPTED_GROUP_COUNTS)} "
-                f"(1, or one per pod class {list(POD_GROUPS)}), got {linear_groups!r}"
-            )
+        problem = group_count_problem(linear_groups)
+        if problem:
+            raise ValueError(f"linear_groups {problem}")
         self.linear_groups = linear_groups
         self.linear = nn.Linear(cand_dim, linear_groups, bias=False) if linear_head else None
         self.encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
@@ -73,7 +71,9 @@ class CandidateScorer(nn.Module):
             out = out + self._linear_term(cands, glob)
         return _masked(out, mask)
 
-    def linear_logits(self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor):
+    def linear_logits(
+        self, cands: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """The linear head's logits alone: equal to `logits` when the MLP's output layer is
         all zeros (serving uses it then, `keti_ray.rl.policy`)."""
         return _masked(self._linear_term(cands, glob), mask)

@@ -45,7 +45,7 @@ from keti_ray.rl.candidates import (
 )
 from keti_ray.rl.checkpoint import save_scorer
 from keti_ray.rl.config import EVAL_ONLY_SEEDS, scorer_config
-from keti_ray.rl.pod_groups import POD_GROUPS
+from keti_ray.rl.pod_groups import POD_GROUPS, group_count_problem
 from keti_ray.rl.policy import PPOAllocator
 from keti_ray.rl.scorer import CandidateScorer
 
@@ -116,11 +116,9 @@ class SearchSettings:
             )
         if self.popsize < 4 or self.generations < 1 or self.seeds_per_generation < 1:
             raise ValueError("popsize must be >= 4, generations and seeds_per_generation >= 1")
-        if self.linear_groups not in (1, len(POD_GROUPS)):
-            raise ValueError(
-                f"linear_groups must be 1 or {len(POD_GROUPS)} (one per pod class "
-                f"{list(POD_GROUPS)}), got {self.linear_groups!r}"
-            )
+        problem = group_count_problem(self.linear_groups)
+        if problem:
+            raise ValueError(f"linear_groups (--linear-groups) {problem}")
 
     def design_seeds(self) -> range:
         return range(self.seed_base, self.seed_base + self.generations * self.seeds_per_generation)

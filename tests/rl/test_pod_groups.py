@@ -177,7 +177,7 @@ def test_cli_refuses_bad_groups_and_changes_nothing(tmp_path):
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
     proc = run("--out", str(tmp_path / "n"), "--linear-groups", "3")
-    assert proc.returncode == 2 and "linear_groups must be 1 or 4" in proc.stderr
+    assert proc.returncode == 2 and "--linear-groups) must be one of [1, 4]" in proc.stderr
     per_class = tmp_path / "per_class.json"
     per_class.write_text(
         json.dumps({"weights": weights_report(np.zeros((4, F))), "feature_scales": [1.0] * (F - 1)})
