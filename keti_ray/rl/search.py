@@ -167,7 +167,10 @@ def start_coordinates(init: dict[str, Any], scales: np.ndarray, groups: int) -> 
     weights = init["weights"]
     nested = all(isinstance(v, dict) for v in weights.values())
     if nested and groups == 1:
-        raise ValueError("the earlier search has one weight vector per pod class; use 4 groups")
+        raise ValueError(
+            "the earlier search has one weight vector per pod class; continue it with "
+            "--linear-groups 4"
+        )
     rows = (
         [[weights[name][f] for f in CANDIDATE_FEATURES] for name in POD_GROUPS]
         if nested
@@ -464,4 +467,5 @@ __all__ = [
     "run_search",
     "searched_coordinates",
     "start_coordinates",
+    "weights_report",
 ]
