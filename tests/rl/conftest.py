@@ -31,3 +31,16 @@ def small_settings(openb):
         k=8,
         random_extra=2,
     )
+
+
+@pytest.fixture(scope="session")
+def every_20th_node_csv(tmp_path_factory) -> str:
+    """A node list of every 20th openb GPU node (61 nodes): full replays in seconds."""
+    try:
+        source = trace_dir() / "openb_node_list_gpu_node.csv"
+    except FileNotFoundError:
+        pytest.skip("openb trace not available")
+    lines = source.read_text().splitlines()
+    path = tmp_path_factory.mktemp("every_20th") / "nodes.csv"
+    path.write_text("\n".join([lines[0], *lines[1::20]]) + "\n")
+    return str(path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from keti_ray.evaluate import load_inputs
-from keti_ray.paths import pod_list_csv, trace_dir
+from keti_ray.paths import pod_list_csv
 from keti_ray.replay import replay, tune_workload
 from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
 from keti_ray.rl.checkpoint import CheckpointError, load_scorer, save_scorer, write_manifest
@@ -44,16 +44,10 @@ def _class_of(pod) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_cluster(tmp_path_factory):
-    try:
-        source = trace_dir() / "openb_node_list_gpu_node.csv"
-    except FileNotFoundError:
-        pytest.skip("openb trace not available")
-    lines = source.read_text().splitlines()
-    path = tmp_path_factory.mktemp("groups") / "nodes.csv"
-    path.write_text("\n".join([lines[0], *lines[1::20]]) + "\n")
-    nodes, pods, typical, capacity = load_inputs(str(path), str(pod_list_csv("multigpu20")))
-    return str(path), nodes, pods, typical, capacity
+def small_cluster(every_20th_node_csv):
+    path = every_20th_node_csv
+    nodes, pods, typical, capacity = load_inputs(path, str(pod_list_csv("multigpu20")))
+    return path, nodes, pods, typical, capacity
 
 
 def _replay(small_cluster, policy, seed: int = 5):

@@ -14,7 +14,7 @@ import torch
 
 from keti_ray.allocators.fgd import FGDAllocator
 from keti_ray.evaluate import load_inputs
-from keti_ray.paths import pod_list_csv, trace_dir
+from keti_ray.paths import pod_list_csv
 from keti_ray.replay import replay, tune_workload
 from keti_ray.rl.candidates import CANDIDATE_FEATURES, NUM_CANDIDATE_FEATURES
 from keti_ray.rl.checkpoint import CheckpointError, load_scorer, write_manifest
@@ -31,15 +31,8 @@ from keti_ray.rl.search import (
 
 
 @pytest.fixture(scope="module")
-def nodes_csv(tmp_path_factory) -> str:
-    try:
-        source = trace_dir() / "openb_node_list_gpu_node.csv"
-    except FileNotFoundError:
-        pytest.skip("openb trace not available")
-    lines = source.read_text().splitlines()
-    path = tmp_path_factory.mktemp("search") / "nodes.csv"
-    path.write_text("\n".join([lines[0], *lines[1::20]]) + "\n")
-    return str(path)
+def nodes_csv(every_20th_node_csv) -> str:
+    return every_20th_node_csv
 
 
 def _settings(nodes_csv: str, **kw) -> SearchSettings:
