@@ -182,3 +182,23 @@ def scorer_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "candidate_features": list(CANDIDATE_FEATURES),
         "global_features": list(GLOBAL_FEATURES),
     }
+
+
+def follow_checkpoint(cfg: dict[str, Any], checkpoint_config: dict[str, Any]) -> dict[str, Any]:
+    """Set `cfg`'s network and candidate fields to a checkpoint's, so that training that
+    continues its weights (retrain, `keti-ray train --resume`) builds the same network and
+    sees the same candidates; returns the fields that changed ({field: [before, after]})."""
+    wanted = {
+        ("model", "hidden"): int(checkpoint_config["hidden"]),
+        ("model", "linear_head"): bool(checkpoint_config.get("linear_head", False)),
+        ("model", "linear_groups"): int(checkpoint_config.get("linear_groups", 1)),
+        ("model", "fgd_below_pct"): float(checkpoint_config.get("fgd_below_pct", 0.0)),
+        ("env", "k"): int(checkpoint_config["k"]),
+        ("env", "random_extra"): int(checkpoint_config["random_extra"]),
+    }
+    changed = {}
+    for (section, key), value in wanted.items():
+        if cfg[section].get(key) != value:
+            changed[f"{section}.{key}"] = [cfg[section].get(key), value]
+        cfg[section][key] = value
+    return changed

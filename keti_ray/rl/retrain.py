@@ -46,7 +46,7 @@ def train_candidate(
     from keti_ray.rl import train as training
     from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
     from keti_ray.rl.checkpoint import load_scorer
-    from keti_ray.rl.config import load_config
+    from keti_ray.rl.config import follow_checkpoint, load_config
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config or RETRAIN_CONFIG)
@@ -64,12 +64,7 @@ def train_candidate(
             "report": {"started_from": "fgd (behaviour cloning)", "bc": result.report.get("bc")},
         }
     net, served_config, manifest = load_scorer(init_from, None, CANDIDATE_FEATURES, GLOBAL_FEATURES)
-    cfg["model"]["hidden"] = served_config["hidden"]
-    cfg["model"]["linear_head"] = bool(served_config.get("linear_head", False))
-    cfg["model"]["linear_groups"] = int(served_config.get("linear_groups", 1))
-    cfg["model"]["fgd_below_pct"] = float(served_config.get("fgd_below_pct", 0.0))
-    cfg["env"]["k"] = served_config["k"]
-    cfg["env"]["random_extra"] = served_config["random_extra"]
+    follow_checkpoint(cfg, served_config)
     init = training.save_weights(net, out_dir / training.INIT_WEIGHTS)
     training.seed_everything(seed)
     started_here = not ray.is_initialized()

@@ -27,7 +27,7 @@ from keti_ray.paths import default_nodes_csv, pod_list_csv
 from keti_ray.replay import replay, tune_workload
 from keti_ray.rl.candidates import CANDIDATE_FEATURES, GLOBAL_FEATURES
 from keti_ray.rl.checkpoint import load_scorer, save_scorer
-from keti_ray.rl.config import scorer_config
+from keti_ray.rl.config import follow_checkpoint, scorer_config
 from keti_ray.rl.env import ENV_NAME, AllocationEnv, EnvSettings, Workload, observation_space
 from keti_ray.rl.module import CandidateScorer
 from keti_ray.rl.policy import PPOAllocator
@@ -473,7 +473,13 @@ def train(
     space = observation_space(cfg["env"]["k"])
     init = out / INIT_WEIGHTS
     if resume:
-        net, _, _ = load_scorer(out / CHECKPOINT_SUBDIR, None, CANDIDATE_FEATURES, GLOBAL_FEATURES)
+        net, saved, _ = load_scorer(
+            out / CHECKPOINT_SUBDIR, None, CANDIDATE_FEATURES, GLOBAL_FEATURES
+        )
+        # The checkpoint's network and candidates win over the config's (it is their weights
+        # that continue); what the config said otherwise is recorded in the report.
+        report["network_from_checkpoint"] = follow_checkpoint(cfg, saved)
+        space = observation_space(cfg["env"]["k"])
         old = json.loads((out / REPORT_NAME).read_text()) if (out / REPORT_NAME).is_file() else {}
         report["iterations"] = old.get("iterations", [])
         report["evaluations"] = old.get("evaluations", [])

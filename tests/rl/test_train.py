@@ -189,7 +189,10 @@ def test_resume_continues_from_the_saved_weights(trained, tmp_path):
     out, summary = trained
     copy = tmp_path / "resumed"
     shutil.copytree(out, copy)
-    (tmp_path / "short.yaml").write_text(SHORT_CONFIG)
+    # A config whose network and candidates differ from the checkpoint's: the checkpoint's
+    # win (its weights continue), and the report says what the config asked for.
+    other = SHORT_CONFIG.replace("model: {hidden: 32}", "model: {hidden: 64, linear_head: true}")
+    (tmp_path / "short.yaml").write_text(other.replace("k: 8", "k: 12"))
     proc = run(
         "train", "--config", str(tmp_path / "short.yaml"), "--iterations", "1",
         "--out", str(copy), "--resume",
@@ -198,4 +201,11 @@ def test_resume_continues_from_the_saved_weights(trained, tmp_path):
     report = json.loads((copy / "report.json").read_text())
     assert [it["iteration"] for it in report["iterations"]] == [1, 2]
     assert report["checkpoint_sha256"] != summary["checkpoint_sha256"]  # trained further
+    assert report["network_from_checkpoint"] == {
+        "model.hidden": [64, 32],
+        "model.linear_head": [True, False],
+        "env.k": [12, 8],
+    }
     verify_checkpoint(copy / "checkpoint")
+    saved = json.loads((copy / "checkpoint" / "config.json").read_text())
+    assert (saved["hidden"], saved["linear_head"], saved["k"]) == (32, False, 8)
