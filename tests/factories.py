@@ -21,6 +21,23 @@ def cluster(*nodes: tuple) -> ClusterState:
     return ClusterState([NodeSpec(*n) for n in nodes])
 
 
+def tiny_search_settings(nodes_csv: str, **overrides):
+    """Policy-search settings for one generation of 4 on one (list, seed) pair, validated on
+    one seed, in one process: seconds on a small node list."""
+    from keti_ray.rl.search import SearchSettings
+
+    base = dict(
+        lists=("default",),
+        generations=1,
+        popsize=4,
+        seeds_per_generation=1,
+        validation_seeds=(30_000,),
+        workers=1,
+        nodes_csv=nodes_csv,
+    )
+    return SearchSettings(**{**base, **overrides})
+
+
 # What Ray 2.60's serve.start raises (ray/serve/_private/api.py, serve_start) when the HTTP
 # proxy is not ready within its fixed HTTP_PROXY_TIMEOUT (60 s; no setting or env var reads it):
 # a plain TimeoutError with this message.

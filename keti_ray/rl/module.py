@@ -28,13 +28,7 @@ class CandidateScorerModule(TorchRLModule, ValueFunctionAPI):
         cand_dim = space["candidates"].shape[-1]
         glob_dim = space["globals"].shape[-1]
         config = self.model_config or {}
-        self.net = CandidateScorer(
-            cand_dim,
-            glob_dim,
-            int(config.get("hidden", 64)),
-            linear_head=bool(config.get("linear_head", False)),
-            linear_groups=int(config.get("linear_groups", 1)),
-        )
+        self.net = CandidateScorer.from_model_config(cand_dim, glob_dim, config)
         init = config.get("init_weights")
         if init:  # a safetensors file the trainer verified (tensors only, never code)
             from safetensors.torch import load_file

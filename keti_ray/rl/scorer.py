@@ -15,6 +15,9 @@ With `linear_groups` = 4 the head holds one weight vector per pod class
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -59,6 +62,20 @@ class CandidateScorer(nn.Module):
         self.logit = nn.Linear(hidden, 1)
         self.value_encoder = _mlp([cand_dim + glob_dim, hidden, hidden])
         self.value = _mlp([hidden + glob_dim, hidden, 1])
+
+    @classmethod
+    def from_model_config(
+        cls, cand_dim: int, glob_dim: int, model: Mapping[str, Any]
+    ) -> CandidateScorer:
+        """The network a training config's `model` section describes (training and the
+        RLlib module build it the same way)."""
+        return cls(
+            cand_dim,
+            glob_dim,
+            int(model.get("hidden", 64)),
+            linear_head=bool(model.get("linear_head", False)),
+            linear_groups=int(model.get("linear_groups", 1)),
+        )
 
     @staticmethod
     def _joined(cands: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:

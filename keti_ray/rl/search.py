@@ -55,6 +55,7 @@ REPORT_NAME = "search_report.json"
 CURVE_NAME = "search_curve.png"
 FGD_SLOT = CANDIDATE_FEATURES.index("is_fgd_choice")
 SEARCHED = tuple(i for i in range(NUM_CANDIDATE_FEATURES) if i != FGD_SLOT)
+SEARCHED_POSITION = {f: i for i, f in enumerate(SEARCHED)}  # a feature's column in the scales
 # Zero for every pod but a shared one (the chosen GPU's free milli and its gap's counts).
 SHARED_ONLY = tuple(
     CANDIDATE_FEATURES.index(name)
@@ -155,9 +156,8 @@ def full_weights(u: np.ndarray, scales: np.ndarray, groups: int = 1) -> np.ndarr
     [features] for one group, [groups, features] per pod class."""
     w = np.zeros((groups, NUM_CANDIDATE_FEATURES))
     w[:, FGD_SLOT] = 1.0  # FGD's slot keeps a bonus of 1; the rest must outweigh it to deviate
-    position = {f: i for i, f in enumerate(SEARCHED)}  # scales are per feature, in SEARCHED
     for value, (g, f) in zip(np.asarray(u), searched_coordinates(groups), strict=True):
-        w[g, f] = value / scales[position[f]]
+        w[g, f] = value / scales[SEARCHED_POSITION[f]]
     return w[0] if groups == 1 else w
 
 
@@ -176,9 +176,8 @@ def start_coordinates(init: dict[str, Any], scales: np.ndarray, groups: int) -> 
         if nested
         else [[weights[f] for f in CANDIDATE_FEATURES]] * groups
     )
-    position = {f: i for i, f in enumerate(SEARCHED)}
     return np.array(
-        [rows[g][f] * scales[position[f]] for g, f in searched_coordinates(groups)],
+        [rows[g][f] * scales[SEARCHED_POSITION[f]] for g, f in searched_coordinates(groups)],
         dtype=np.float64,
     )
 

@@ -470,7 +470,6 @@ def train(
     started = time.perf_counter()
     report: dict[str, Any] = {"config": cfg, "iterations": [], "evaluations": []}
     phase = on_phase or (lambda text: None)
-    space = observation_space(cfg["env"]["k"])
     init = out / INIT_WEIGHTS
     if resume:
         net, saved, _ = load_scorer(
@@ -479,7 +478,6 @@ def train(
         # The checkpoint's network and candidates win over the config's (it is their weights
         # that continue); what the config said otherwise is recorded in the report.
         report["network_from_checkpoint"] = follow_checkpoint(cfg, saved)
-        space = observation_space(cfg["env"]["k"])
         old = json.loads((out / REPORT_NAME).read_text()) if (out / REPORT_NAME).is_file() else {}
         report["iterations"] = old.get("iterations", [])
         report["evaluations"] = old.get("evaluations", [])
@@ -488,12 +486,9 @@ def train(
     else:
         phase("behaviour cloning")
         settings = env_settings(cfg)
-        net = CandidateScorer(
-            space["candidates"].shape[-1],
-            space["globals"].shape[-1],
-            cfg["model"]["hidden"],
-            linear_head=bool(cfg["model"].get("linear_head", False)),
-            linear_groups=int(cfg["model"].get("linear_groups", 1)),
+        space = observation_space(cfg["env"]["k"])
+        net = CandidateScorer.from_model_config(
+            space["candidates"].shape[-1], space["globals"].shape[-1], cfg["model"]
         )
         bc_stats: dict[str, Any] = {"samples": 0}
         demos = teacher_labels

@@ -22,7 +22,6 @@ from keti_ray.rl.config import ConfigError, load_config
 from keti_ray.rl.pod_groups import POD_GROUPS
 from keti_ray.rl.policy import PPOAllocator, load_ppo_allocator
 from keti_ray.rl.search import (
-    SearchSettings,
     full_weights,
     linear_net,
     run_search,
@@ -30,6 +29,8 @@ from keti_ray.rl.search import (
     start_coordinates,
     weights_report,
 )
+
+from ..factories import tiny_search_settings
 
 F = len(CANDIDATE_FEATURES)
 
@@ -115,17 +116,7 @@ def test_a_search_continued_per_class_starts_from_the_one_vector_policy(small_cl
 
 
 def test_a_per_class_search_writes_a_served_checkpoint(small_cluster, tmp_path):
-    settings = SearchSettings(
-        lists=("default",),
-        generations=1,
-        popsize=4,
-        seeds_per_generation=1,
-        validation_seeds=(30_000,),
-        workers=1,
-        nodes_csv=small_cluster[0],
-        linear_groups=4,
-        cma_diagonal=True,
-    )
+    settings = tiny_search_settings(small_cluster[0], linear_groups=4, cma_diagonal=True)
     report = run_search(settings, tmp_path / "s", log=lambda _: None)
     assert set(report["weights"]) == set(POD_GROUPS)
     policy = load_ppo_allocator(tmp_path / "s" / "checkpoint")

@@ -29,23 +29,12 @@ from keti_ray.rl.search import (
     run_search,
 )
 
+from ..factories import tiny_search_settings
+
 
 @pytest.fixture(scope="module")
 def nodes_csv(every_20th_node_csv) -> str:
     return every_20th_node_csv
-
-
-def _settings(nodes_csv: str, **kw) -> SearchSettings:
-    base = dict(
-        lists=("default",),
-        generations=1,
-        popsize=4,
-        seeds_per_generation=1,
-        validation_seeds=(30_000,),
-        workers=1,
-        nodes_csv=nodes_csv,
-    )
-    return SearchSettings(**{**base, **kw})
 
 
 def _full_replay(settings: SearchSettings, seed: int, allocator) -> float:
@@ -55,7 +44,7 @@ def _full_replay(settings: SearchSettings, seed: int, allocator) -> float:
 
 
 def test_branches_from_the_prefix_match_full_replays(nodes_csv):
-    settings = _settings(nodes_csv)
+    settings = tiny_search_settings(nodes_csv)
     seed = 1234
     workload, progress, policy = _prefix(settings, "default", seed)
     assert 0 < progress.next_index < len(workload)  # the gate stopped it part-way
@@ -74,7 +63,7 @@ def test_branches_from_the_prefix_match_full_replays(nodes_csv):
 
 
 def test_zero_search_weights_are_fgd(nodes_csv):
-    settings = _settings(nodes_csv)
+    settings = tiny_search_settings(nodes_csv)
     _, _, typical, _ = load_inputs(nodes_csv, str(pod_list_csv("default")))
     policy = PPOAllocator(
         linear_net(full_weights(np.zeros(len(SEARCHED)), np.ones(25))), typical, 16, 2, 7, 0.0
@@ -94,11 +83,13 @@ def test_zero_search_weights_are_fgd(nodes_csv):
 )
 def test_evaluation_seeds_are_refused(nodes_csv, kw):
     with pytest.raises(ValueError, match="evaluation seeds"):
-        _settings(nodes_csv, **kw)
+        tiny_search_settings(nodes_csv, **kw)
 
 
 def test_search_writes_a_served_checkpoint_and_continues(nodes_csv, tmp_path):
-    first = run_search(_settings(nodes_csv, generations=2), tmp_path / "a", log=lambda _: None)
+    first = run_search(
+        tiny_search_settings(nodes_csv, generations=2), tmp_path / "a", log=lambda _: None
+    )
     assert [r["generation"] for r in first["curve"]] == [0, 1]
     assert (tmp_path / "a" / "search_curve.png").stat().st_size > 1000
     policy = load_ppo_allocator(tmp_path / "a" / "checkpoint")
@@ -110,7 +101,10 @@ def test_search_writes_a_served_checkpoint_and_continues(nodes_csv, tmp_path):
 
     report = json.loads((tmp_path / "a" / "search_report.json").read_text())
     second = run_search(
-        _settings(nodes_csv, seed_base=21_000, seed=1), tmp_path / "b", lambda _: None, report
+        tiny_search_settings(nodes_csv, seed_base=21_000, seed=1),
+        tmp_path / "b",
+        lambda _: None,
+        report,
     )
     assert second["started_from"] == first["checkpoint_sha256"]
     assert second["feature_scales"] == first["feature_scales"]  # same units as the first
@@ -164,7 +158,7 @@ def test_cli_refuses_bad_input_and_changes_nothing(tmp_path):
 def test_serving_skips_a_zeroed_mlp_with_the_same_choices(nodes_csv):
     """PPOAllocator's linear-only path (MLP output layer all zeros) chooses exactly as the
     whole network does, decision for decision."""
-    settings = _settings(nodes_csv)
+    settings = tiny_search_settings(nodes_csv)
     _, _, typical, _ = load_inputs(nodes_csv, str(pod_list_csv("default")))
     weights = full_weights(np.random.default_rng(5).normal(0, 1.0, len(SEARCHED)), np.ones(25))
     runs = []
