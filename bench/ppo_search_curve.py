@@ -56,8 +56,8 @@ def main() -> None:
         if i < len(stages):
             ax.axvline(offset - 0.5, color="grey", alpha=0.3)
     ax.set_xlabel(
-        f"generation ({len(stages)} searches, each continuing the last; "
-        "from stage 4 on, one weight vector per pod class)"
+        f"generation ({len(stages)} searches, each continuing the last)\n"
+        "stage 4 on: one weight vector per pod class; stage 7 on: whole-GPU hole features"
     )
     ax.set_ylabel("unallocated GPU % at 130% minus FGD (pp)")
     ax.set_title("Policy search on 5 training lists, full 1,213-node cluster")

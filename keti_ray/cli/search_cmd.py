@@ -39,6 +39,11 @@ def search_command(
     cma_diagonal: bool = typer.Option(
         False, help="Separable CMA-ES (diagonal covariance), for many weights."
     ),
+    new_feature_step: float = typer.Option(
+        3.0,
+        help="With --init: initial step of features the earlier search did not have, as a "
+        "multiple of --sigma0 (they start at weight 0).",
+    ),
 ) -> None:
     """Search the linear head of the candidate scorer on full-cluster replays against FGD."""
     from keti_ray.paths import pod_list_csv
@@ -78,14 +83,17 @@ def search_command(
             seed=seed,
             linear_groups=linear_groups,
             cma_diagonal=cma_diagonal,
+            new_feature_step=new_feature_step,
         )
     except ValueError as exc:
         fail(str(exc))
     if start is not None:  # refuse a report that cannot start this search before any work
-        from keti_ray.rl.search import start_coordinates
+        import numpy as np
+
+        from keti_ray.rl.search import SEARCHED, start_coordinates
 
         try:
-            start_coordinates(start, start["feature_scales"], linear_groups)
+            start_coordinates(start, np.ones(len(SEARCHED)), linear_groups)
         except (KeyError, TypeError, ValueError) as exc:
             fail(f"--init: {init} cannot start this search ({exc})")
     report = run_search(

@@ -47,6 +47,9 @@ CANDIDATE_FEATURES = (
     "gap_count_before",  # shared: cluster GPUs at the chosen GPU's free level now / GPUs
     "gap_count_after",  # shared: cluster GPUs at its free level after placing / GPUs
     "dead_sliver_after",  # shared: the chosen GPU keeps 1..(smallest typical share - 1) free
+    "hole_count_before",  # GPU nodes with as many fully free GPUs as this node now / GPU nodes
+    "hole_count_after",  # GPU nodes with as many as this node keeps after placing / GPU nodes
+    "breaks_free_node",  # every GPU of the node was fully free, and not all are after
 )
 GLOBAL_FEATURES = (
     "pod_cpu",  # / 128000
@@ -337,6 +340,7 @@ class CandidateGenerator:
             out[:, 23] = levels[before] / gpus
             out[:, 24] = levels[left] / gpus
             out[:, 25] = ((left > 0) & (left < self._smallest_share)).astype(np.float64)
+        out[:, 26:29] = _whole_gpu_holes(state, gpu_before, after, count)
         return np.clip(out, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
     def _globals(self, state: ClusterState, pod: PodRequest, feasible: int) -> np.ndarray:
@@ -358,6 +362,28 @@ class CandidateGenerator:
             ],
             dtype=np.float32,
         )
+
+
+def _whole_gpu_holes(
+    state: ClusterState, gpu_before: np.ndarray, after: np.ndarray, count: np.ndarray
+) -> np.ndarray:
+    """[M, 3] Sum-of-Squares over whole GPUs, at node level: how common the candidate node's
+    count of fully free GPUs is in the cluster now and at the count it is left with, and
+    whether the placement breaks a node that could still host a pod of all its GPUs."""
+    whole_before = (gpu_before == MILLI_PER_GPU).sum(axis=1)
+    whole_after = (after == MILLI_PER_GPU).sum(axis=1)
+    gpu_nodes = state.gpu_count > 0
+    per_node = (state.gpu_free[gpu_nodes] == MILLI_PER_GPU).sum(axis=1)
+    levels = np.bincount(per_node, minlength=state.gpu_free.shape[1] + 1)
+    nodes = max(int(gpu_nodes.sum()), 1)
+    return np.stack(
+        [
+            levels[whole_before] / nodes,
+            levels[whole_after] / nodes,
+            ((count > 0) & (whole_before == count) & (whole_after < count)).astype(np.float64),
+        ],
+        axis=1,
+    )
 
 
 def _bestfit_node(

@@ -29,7 +29,7 @@ from keti_ray.rl.scorer import CandidateScorer
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
 # that a replaced default checkpoint with a matching, regenerated manifest is still refused.
-SHIPPED_CHECKPOINT_SHA256 = "a108ff54d3bbe7facdad3617b0be6e730d11ffa8210afe11d180523c1f28d293"
+SHIPPED_CHECKPOINT_SHA256 = "818cb8303facf0a6801990e2d4e5d50499712553b82f9006ff70251b81029cc4"
 
 
 class PPOAllocator(Allocator):

@@ -104,6 +104,7 @@ class SearchSettings:
     seed: int = 0
     linear_groups: int = 1  # 1, or one weight vector per pod class (len(POD_GROUPS))
     cma_diagonal: bool = False  # separable CMA-ES (a diagonal covariance: many weights)
+    new_feature_step: float = 3.0  # sigma0 multiplier of features an earlier search lacked
     nodes_csv: str = field(default_factory=lambda: str(default_nodes_csv()))
 
     def __post_init__(self) -> None:
@@ -117,6 +118,10 @@ class SearchSettings:
             )
         if self.popsize < 4 or self.generations < 1 or self.seeds_per_generation < 1:
             raise ValueError("popsize must be >= 4, generations and seeds_per_generation >= 1")
+        if not self.new_feature_step > 0:
+            raise ValueError(
+                f"new_feature_step (--new-feature-step) must be > 0, got {self.new_feature_step}"
+            )
         problem = group_count_problem(self.linear_groups)
         if problem:
             raise ValueError(f"linear_groups (--linear-groups) {problem}")
@@ -161,9 +166,41 @@ def full_weights(u: np.ndarray, scales: np.ndarray, groups: int = 1) -> np.ndarr
     return w[0] if groups == 1 else w
 
 
+def stored_scales(init: dict[str, Any]) -> dict[str, float]:
+    """{feature: spread} of an earlier search's report (reports without names list the
+    searched features in this code's order)."""
+    scales = [float(x) for x in init["feature_scales"]]
+    names = init.get("feature_names") or [CANDIDATE_FEATURES[i] for i in SEARCHED]
+    if len(names) != len(scales):
+        raise ValueError(f"{len(scales)} feature_scales for {len(names)} feature_names")
+    return dict(zip(names, scales, strict=True))
+
+
+def new_features(init: dict[str, Any]) -> list[str]:
+    """Searched features an earlier search did not have (they start at weight 0)."""
+    stored = stored_scales(init)
+    return [CANDIDATE_FEATURES[i] for i in SEARCHED if CANDIDATE_FEATURES[i] not in stored]
+
+
+def continued_scales(init: dict[str, Any], measure: Callable[[], np.ndarray]) -> np.ndarray:
+    """The earlier search's spreads, so its weights keep their units; spreads of features it
+    did not have are measured (`measure()`, all searched features in order)."""
+    stored = stored_scales(init)
+    measured = measure() if new_features(init) else None
+    return np.array(
+        [
+            stored[name] if name in stored else float(measured[SEARCHED_POSITION[f]])
+            for f in SEARCHED
+            for name in (CANDIDATE_FEATURES[f],)
+        ],
+        dtype=np.float64,
+    )
+
+
 def start_coordinates(init: dict[str, Any], scales: np.ndarray, groups: int) -> np.ndarray:
     """An earlier search's final weights as this search's coordinates. One vector for all
-    pods starts every pod class from it (the same policy); a per-class report needs groups."""
+    pods starts every pod class from it (the same policy); a per-class report needs groups.
+    A feature the earlier search did not have starts at 0, which is again the same policy."""
     weights = init["weights"]
     nested = all(isinstance(v, dict) for v in weights.values())
     if nested and groups == 1:
@@ -171,11 +208,12 @@ def start_coordinates(init: dict[str, Any], scales: np.ndarray, groups: int) -> 
             "the earlier search has one weight vector per pod class; continue it with "
             "--linear-groups 4"
         )
-    rows = (
-        [[weights[name][f] for f in CANDIDATE_FEATURES] for name in POD_GROUPS]
-        if nested
-        else [[weights[f] for f in CANDIDATE_FEATURES]] * groups
-    )
+    added = set(new_features(init))
+
+    def row(named: dict[str, float]) -> list[float]:
+        return [0.0 if f in added else named[f] for f in CANDIDATE_FEATURES]
+
+    rows = [row(weights[name]) for name in POD_GROUPS] if nested else [row(weights)] * groups
     return np.array(
         [rows[g][f] * scales[SEARCHED_POSITION[f]] for g, f in searched_coordinates(groups)],
         dtype=np.float64,
@@ -312,10 +350,14 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     groups = settings.linear_groups
+    added: list[str] = []
     if init is not None:  # continue a previous search: its spreads and its final weights
-        scales = np.asarray(init["feature_scales"], dtype=np.float64)
+        added = new_features(init)
+        scales = continued_scales(init, lambda: feature_scales(settings))
         u0 = start_coordinates(init, scales, groups)
         log(f"starting from a previous search ({len(init['curve'])} generations)")
+        if added:
+            log(f"new features (from weight 0, spreads measured): {', '.join(added)}")
     else:
         scales = feature_scales(settings)
         u0 = np.zeros(len(searched_coordinates(groups)))
@@ -323,6 +365,11 @@ def run_search(
     options = {"popsize": settings.popsize, "seed": settings.seed + 1, "verbose": -9}
     if settings.cma_diagonal:
         options["CMA_diagonal"] = True
+    if init is not None and added:  # weights at 0 with no history: explore them wider
+        options["CMA_stds"] = [
+            settings.new_feature_step if CANDIDATE_FEATURES[f] in added else 1.0
+            for _, f in searched_coordinates(groups)
+        ]
     es = cma.CMAEvolutionStrategy(u0, settings.sigma0, options)
     log(f"searching {u0.size} weights ({groups} pod group(s)), population {settings.popsize}")
     curve: list[dict] = []
@@ -466,5 +513,6 @@ __all__ = [
     "run_search",
     "searched_coordinates",
     "start_coordinates",
+    "stored_scales",
     "weights_report",
 ]

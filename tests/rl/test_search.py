@@ -53,7 +53,9 @@ def test_branches_from_the_prefix_match_full_replays(nodes_csv):
     fgd_branch = _finish(workload, progress, policy, None)
     assert fgd_branch["unallocated_130"] == _full_replay(settings, seed, FGDAllocator(typical))
 
-    weights = full_weights(np.random.default_rng(3).normal(0, 1.0, len(SEARCHED)), np.ones(25))
+    weights = full_weights(
+        np.random.default_rng(3).normal(0, 1.0, len(SEARCHED)), np.ones(len(SEARCHED))
+    )
     branch = _finish(workload, progress, policy, linear_net(weights))
     full = PPOAllocator(linear_net(weights), typical, settings.k, settings.random_extra, seed, 80.0)
     assert branch["unallocated_130"] == _full_replay(settings, seed, full)
@@ -66,7 +68,12 @@ def test_zero_search_weights_are_fgd(nodes_csv):
     settings = tiny_search_settings(nodes_csv)
     _, _, typical, _ = load_inputs(nodes_csv, str(pod_list_csv("default")))
     policy = PPOAllocator(
-        linear_net(full_weights(np.zeros(len(SEARCHED)), np.ones(25))), typical, 16, 2, 7, 0.0
+        linear_net(full_weights(np.zeros(len(SEARCHED)), np.ones(len(SEARCHED)))),
+        typical,
+        16,
+        2,
+        7,
+        0.0,
     )
     value = _full_replay(settings, 7, policy)
     assert policy.decisions > 100 and policy.fgd_agreements == policy.decisions
@@ -160,7 +167,9 @@ def test_serving_skips_a_zeroed_mlp_with_the_same_choices(nodes_csv):
     whole network does, decision for decision."""
     settings = tiny_search_settings(nodes_csv)
     _, _, typical, _ = load_inputs(nodes_csv, str(pod_list_csv("default")))
-    weights = full_weights(np.random.default_rng(5).normal(0, 1.0, len(SEARCHED)), np.ones(25))
+    weights = full_weights(
+        np.random.default_rng(5).normal(0, 1.0, len(SEARCHED)), np.ones(len(SEARCHED))
+    )
     runs = []
     for fast in (True, False):
         policy = PPOAllocator(linear_net(weights), typical, 16, 2, 11, 80.0)
