@@ -506,9 +506,11 @@ def _paired_summary(d: np.ndarray, deviations: np.ndarray | None = None) -> dict
 __all__ = [
     "EVALUATION_SEEDS",
     "SearchSettings",
+    "continued_scales",
     "feature_scales",
     "full_weights",
     "linear_net",
+    "new_features",
     "paired_differences",
     "run_search",
     "searched_coordinates",
