@@ -242,12 +242,13 @@ class CandidateGenerator:
         cset.mask[: len(nodes)] = 1.0
         if len(nodes) == 1:
             return cset  # nothing to choose: skip the features
-        feats = self._features(state, pod, nodes, gpus, deltas, cache.score)
+        whole = (state.gpu_free == MILLI_PER_GPU).sum(axis=1)  # fully free GPUs per node
+        feats = self._features(state, pod, nodes, gpus, deltas, cache.score, whole)
         feats[0, 3] = 1.0
         feats[:, 4] = (nodes == bestfit_node).astype(np.float32)
         feats[:, 5] = np.asarray(random_flags, dtype=np.float32)
         cset.features[: len(nodes)] = feats
-        cset.globals[:] = self._globals(state, pod, rows.size)
+        cset.globals[:] = self._globals(state, pod, rows.size, whole)
         return cset
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -286,6 +287,7 @@ class CandidateGenerator:
         shared_gpus: np.ndarray | None,
         deltas: np.ndarray,
         scores: np.ndarray,
+        whole: np.ndarray,
     ) -> np.ndarray:
         m = len(nodes)
         out = np.zeros((m, NUM_CANDIDATE_FEATURES), dtype=np.float64)
@@ -315,7 +317,8 @@ class CandidateGenerator:
         out[:, 7] = free_before / MAX_SPEC_GPU_MILLI
         out[:, 8] = free_after / MAX_SPEC_GPU_MILLI
         out[:, 9] = count / 8.0
-        out[:, 10] = (after == MILLI_PER_GPU).sum(axis=1) / 8.0
+        whole_after = (after == MILLI_PER_GPU).sum(axis=1)
+        out[:, 10] = whole_after / 8.0
         out[:, 11] = cpu_after / np.maximum(state.cpu_cap[nodes], 1)
         out[:, 12] = mem_after / np.maximum(state.mem_cap[nodes], 1)
         out[:, 13] = cpu_after / MAX_SPEC_CPU_MILLI
@@ -340,10 +343,12 @@ class CandidateGenerator:
             out[:, 23] = levels[before] / gpus
             out[:, 24] = levels[left] / gpus
             out[:, 25] = ((left > 0) & (left < self._smallest_share)).astype(np.float64)
-        out[:, 26:29] = _whole_gpu_holes(state, gpu_before, after, count)
+        out[:, 26:29] = _whole_gpu_holes(state, whole, nodes, whole_after)
         return np.clip(out, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
-    def _globals(self, state: ClusterState, pod: PodRequest, feasible: int) -> np.ndarray:
+    def _globals(
+        self, state: ClusterState, pod: PodRequest, feasible: int, whole: np.ndarray
+    ) -> np.ndarray:
         capacity = max(state.total_gpu_milli, 1)
         gpus = max(int(state.gpu_exists.sum()), 1)
         frag = float(self.frag.get(state).sum())
@@ -357,7 +362,7 @@ class CandidateGenerator:
                 float(bool(pod.gpu_spec)),
                 float(state.gpu_free.sum()) / capacity,
                 frag / capacity,
-                float((state.gpu_free == MILLI_PER_GPU).sum()) / gpus,
+                float(whole.sum()) / gpus,
                 feasible / state.num_nodes,
             ],
             dtype=np.float32,
@@ -365,21 +370,21 @@ class CandidateGenerator:
 
 
 def _whole_gpu_holes(
-    state: ClusterState, gpu_before: np.ndarray, after: np.ndarray, count: np.ndarray
+    state: ClusterState, whole: np.ndarray, nodes: np.ndarray, whole_after: np.ndarray
 ) -> np.ndarray:
     """[M, 3] Sum-of-Squares over whole GPUs, at node level: how common the candidate node's
-    count of fully free GPUs is in the cluster now and at the count it is left with, and
-    whether the placement breaks a node that could still host a pod of all its GPUs."""
-    whole_before = (gpu_before == MILLI_PER_GPU).sum(axis=1)
-    whole_after = (after == MILLI_PER_GPU).sum(axis=1)
+    count of fully free GPUs (`whole`, per node of the cluster) is now and at the count it is
+    left with, and whether the placement breaks a node that could still host a pod of all its
+    GPUs."""
+    whole_before = whole[nodes]
+    count = state.gpu_count[nodes]
     gpu_nodes = state.gpu_count > 0
-    per_node = (state.gpu_free[gpu_nodes] == MILLI_PER_GPU).sum(axis=1)
-    levels = np.bincount(per_node, minlength=state.gpu_free.shape[1] + 1)
-    nodes = max(int(gpu_nodes.sum()), 1)
+    levels = np.bincount(whole[gpu_nodes], minlength=state.gpu_free.shape[1] + 1)
+    total = max(int(gpu_nodes.sum()), 1)
     return np.stack(
         [
-            levels[whole_before] / nodes,
-            levels[whole_after] / nodes,
+            levels[whole_before] / total,
+            levels[whole_after] / total,
             ((count > 0) & (whole_before == count) & (whole_after < count)).astype(np.float64),
         ],
         axis=1,

@@ -186,13 +186,10 @@ def continued_scales(init: dict[str, Any], measure: Callable[[], np.ndarray]) ->
     """The earlier search's spreads, so its weights keep their units; spreads of features it
     did not have are measured (`measure()`, all searched features in order)."""
     stored = stored_scales(init)
-    measured = measure() if new_features(init) else None
+    names = [CANDIDATE_FEATURES[f] for f in SEARCHED]
+    measured = measure() if any(name not in stored for name in names) else None
     return np.array(
-        [
-            stored[name] if name in stored else float(measured[SEARCHED_POSITION[f]])
-            for f in SEARCHED
-            for name in (CANDIDATE_FEATURES[f],)
-        ],
+        [stored[name] if name in stored else measured[i] for i, name in enumerate(names)],
         dtype=np.float64,
     )
 
@@ -365,7 +362,7 @@ def run_search(
     options = {"popsize": settings.popsize, "seed": settings.seed + 1, "verbose": -9}
     if settings.cma_diagonal:
         options["CMA_diagonal"] = True
-    if init is not None and added:  # weights at 0 with no history: explore them wider
+    if added:  # weights at 0 with no history: explore them wider
         options["CMA_stds"] = [
             settings.new_feature_step if CANDIDATE_FEATURES[f] in added else 1.0
             for _, f in searched_coordinates(groups)
