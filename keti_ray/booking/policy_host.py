@@ -207,5 +207,12 @@ class PolicyHost:
                 self.error = f"pointer follower: {type(exc).__name__}: {str(exc)[:300]}"
                 log.exception("pointer follower failed; will look again in %.1fs", period_s)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """End the follower and wait for it: a look in progress may still be writing the
+        serving policy to the store, which the caller is about to close."""
         self._stop.set()
+        follower = self._follower
+        if follower is not None and follower is not threading.current_thread():
+            follower.join(timeout_s)
+            if follower.is_alive():
+                log.warning("pointer follower still busy after %.0fs; closing anyway", timeout_s)

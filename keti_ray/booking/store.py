@@ -93,9 +93,12 @@ class Booking:
 
 class BookingStore:
     """Bookings and the serving policy in one SQLite file (`None` = in memory, for tests and
-    dry setups; same code path). Not thread-safe by itself: the service's lock serialises it."""
+    dry setups; same code path). Every use of the connection holds the store's own lock: the
+    policy follower writes here from its own thread, and closing a connection that another
+    thread is using crashes the process (sqlite3 with check_same_thread=False)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
+        self._lock = threading.RLock()
         self.path = Path(path) if path else None
         self.name = str(self.path) if self.path else ":memory:"
         self.legacy_journal: Path | None = None
@@ -119,7 +122,6 @@ class BookingStore:
             ) from None
         # The one place a commit happens, so that a failing disk can be injected honestly.
         self._commit: Callable[[], None] = lambda: self.conn.execute("COMMIT")
-        self._lock = threading.RLock()
 
     # ---- schema ------------------------------------------------------------------------------
 
@@ -142,7 +144,8 @@ class BookingStore:
 
     @property
     def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+        with self._lock:
+            return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     def _move_legacy_journal(self) -> Path | None:
         """An old JSON-lines journal at the state path moves to PATH.v0-journal (kept) so the
@@ -204,21 +207,28 @@ class BookingStore:
 
     def _rows(self, where: str, args: Sequence[Any]) -> list[Booking]:
         query = f"SELECT {self._COLUMNS} FROM bookings {where}"
-        return [_parse_row(*row) for row in self.conn.execute(query, args).fetchall()]
+        with self._lock:
+            rows = self.conn.execute(query, args).fetchall()
+        return [_parse_row(*row) for row in rows]
 
     def meta(self, key: str) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def count(self) -> dict[str, int]:
-        active, aside = self.conn.execute(
-            "SELECT COUNT(*) FILTER (WHERE set_aside IS NULL), "
-            "COUNT(*) FILTER (WHERE set_aside IS NOT NULL) FROM bookings"
-        ).fetchone()
+        with self._lock:
+            active, aside = self.conn.execute(
+                "SELECT COUNT(*) FILTER (WHERE set_aside IS NULL), "
+                "COUNT(*) FILTER (WHERE set_aside IS NOT NULL) FROM bookings"
+            ).fetchone()
         return {"active": active, "set_aside": aside}
 
     def close(self) -> None:
-        self.conn.close()
+        """Close once no other thread is inside a read or a transaction; a later use raises
+        (StoreUnavailable from `transaction`, sqlite3.ProgrammingError from a read)."""
+        with self._lock:
+            self.conn.close()
 
 
 class Transaction:

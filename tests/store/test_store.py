@@ -394,3 +394,60 @@ def test_keti_ray_up_stops_on_an_unreadable_store_naming_it(tmp_path, flag):
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "cannot be read" in proc.stderr
     assert "starting Ray" not in proc.stderr  # stopped before anything was started
+
+
+def test_closing_while_another_thread_writes_does_not_crash_the_process(tmp_path):
+    """The pointer follower persists the serving policy from its own thread. Closing the
+    store under it once crashed pytest (SIGSEGV in sqlite3); now close waits for the write and
+    the late user gets a Python error. Run in a child so a crash fails this test, not the run."""
+    script = textwrap.dedent(
+        f"""
+        import json
+        import threading
+        from keti_ray.booking import BookingStore
+        errors = []
+        for i in range(200):
+            store = BookingStore({str(tmp_path / "s.db")!r} if i % 2 else None)
+            started = threading.Event()
+
+            def write():
+                started.set()
+                while True:
+                    try:
+                        with store.transaction() as tx:
+                            tx.set_meta("serving_policy", {{"i": i}})
+                        store.meta("serving_policy")
+                    except Exception as exc:
+                        errors.append(type(exc).__name__)
+                        return
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            started.wait()
+            store.close()
+            writer.join()
+        print(json.dumps(errors))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, f"child died ({done.returncode}): {done.stderr[-2000:]}"
+    errors = json.loads(done.stdout)
+    assert len(errors) == 200  # every writer saw the close as an exception and stopped
+    assert set(errors) <= {"StoreUnavailable", "ProgrammingError"}
+
+
+def test_service_close_waits_for_the_pointer_follower(tmp_path):
+    from keti_ray.promotion import write_pointer
+
+    pointer = tmp_path / "serving.json"
+    write_pointer(pointer, None, None, policy="bestfit")
+    service = AllocationService(
+        simulated_nodes(2),
+        state=tmp_path / "s.db",
+        policy=PolicySpec.from_config({"pointer": str(pointer)}),
+        follow_pointer_s=0.01,
+    )
+    follower = service.policies._follower
+    assert follower is not None and follower.is_alive()
+    service.close()
+    assert not follower.is_alive()
