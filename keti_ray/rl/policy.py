@@ -29,7 +29,7 @@ from keti_ray.rl.scorer import CandidateScorer
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
 # that a replaced default checkpoint with a matching, regenerated manifest is still refused.
-SHIPPED_CHECKPOINT_SHA256 = "818cb8303facf0a6801990e2d4e5d50499712553b82f9006ff70251b81029cc4"
+SHIPPED_CHECKPOINT_SHA256 = "53a30bcff38184cf8e3c88120a8d2ec40716b798fc05b854e17161cf62661dbe"
 
 
 class PPOAllocator(Allocator):
