@@ -1,7 +1,8 @@
 """The learning curve of the shipped policy: every CMA-ES generation of the searches it came
 from (each continued the one before), as the paired difference to FGD on that generation's
-new design seeds. Reads bench/results/ppo_search_stage*.json, writes
-bench/results/ppo_learning_curve.png.
+new design seeds. Reads bench/results/ppo_search_stage<N>.json in stage order (a search the
+rule rejected, `ppo_search_stage<N>_rejected.json`, is not on the shipped policy's path),
+writes bench/results/ppo_learning_curve.png.
 
     python bench/ppo_search_curve.py
 """
@@ -9,6 +10,7 @@ bench/results/ppo_learning_curve.png.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,10 +19,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+STAGE_REPORT = re.compile(r"ppo_search_stage(\d+)\.json")
+
+
+def stage_reports() -> list[Path]:
+    """The shipped lineage's reports, stage 1 first (by number: stage 10 comes after 9)."""
+    numbered = {}
+    for path in RESULTS.glob("ppo_search_stage*.json"):
+        match = STAGE_REPORT.fullmatch(path.name)
+        if match:
+            numbered[int(match[1])] = path
+    return [numbered[n] for n in sorted(numbered)]
 
 
 def main() -> None:
-    stages = sorted(RESULTS.glob("ppo_search_stage*.json"))
+    stages = stage_reports()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     ax.axhline(0.0, color="grey", linestyle=":", label="FGD")
     offset = 0

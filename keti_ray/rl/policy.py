@@ -29,7 +29,7 @@ from keti_ray.rl.scorer import CandidateScorer
 DEFAULT_CHECKPOINT = PACKAGE_DIR / "checkpoints" / "ppo_default"
 # The shipped checkpoint's listing digest (its manifest's checkpoint_sha256), pinned in code so
 # that a replaced default checkpoint with a matching, regenerated manifest is still refused.
-SHIPPED_CHECKPOINT_SHA256 = "53a30bcff38184cf8e3c88120a8d2ec40716b798fc05b854e17161cf62661dbe"
+SHIPPED_CHECKPOINT_SHA256 = "90807cbb7c35a2296c4f2bcb0f505c85c22a6a5fabeaeecce113fdac2b25d1b4"
 
 
 class PPOAllocator(Allocator):
