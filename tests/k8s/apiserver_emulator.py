@@ -804,11 +804,18 @@ class ApiServerEmulator:
                         ).status(),
                     }
                     return
-                i = bisect_right(self.store.history_rvs, last)
-                pending = self.store.history[i:]
-                if not pending:
-                    self.store.cond.wait(min(0.5, max(0.01, min(deadline, next_bookmark) - now)))
+                # A hold taken while this watcher was between the check above and here, or
+                # waiting below, holds it too: a held watcher is sent nothing.
+                pending = []
+                if self._delivering.is_set():
                     pending = self.store.history[bisect_right(self.store.history_rvs, last) :]
+                    if not pending:
+                        self.store.cond.wait(
+                            min(0.5, max(0.01, min(deadline, next_bookmark) - now))
+                        )
+                        if self._delivering.is_set():
+                            i = bisect_right(self.store.history_rvs, last)
+                            pending = self.store.history[i:]
             for ev in pending:
                 last = ev.rv
                 if ev.resource == resource and visible(ev.obj):

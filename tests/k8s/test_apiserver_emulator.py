@@ -294,3 +294,44 @@ def test_a_live_watch_sees_a_change_within_a_fraction_of_a_second(api):
     api.create_namespaced_pod("default", pod("live"))
     t.join(3)
     assert seen and seen[0] - created < 0.5
+
+
+def test_a_held_watch_is_sent_nothing_even_while_waiting_and_gets_410_after_compaction(
+    apiserver, api
+):
+    """`hold_watches()` stalls a watch that is already blocked waiting for changes (the usual
+    state of an idle watch), so a test can compact history behind it and see the 410."""
+    import threading
+
+    rv = api.list_namespaced_pod("default").metadata.resource_version
+    seen: list[str] = []
+    statuses: list[int] = []
+
+    def watcher():
+        try:
+            for ev in watch.Watch().stream(
+                api.list_namespaced_pod,
+                "default",
+                resource_version=rv,
+                timeout_seconds=5,
+                allow_watch_bookmarks=True,  # the watch then waits up to a bookmark interval
+            ):
+                if ev["type"] != "BOOKMARK":
+                    seen.append(ev["type"])
+        except client.ApiException as exc:
+            statuses.append(exc.status)
+
+    t = threading.Thread(target=watcher)
+    t.start()
+    time.sleep(0.3)  # the watch is open and waiting for a change
+    apiserver.hold_watches()
+    try:
+        api.create_namespaced_pod("default", pod("while-held"))
+        time.sleep(0.7)
+        assert seen == [], "a held watch delivered an event"
+        apiserver.compact()
+    finally:
+        apiserver.release_watches()
+    t.join(6)
+    assert not t.is_alive()
+    assert seen == [] and statuses == [410]
