@@ -820,7 +820,7 @@ class ApiServerEmulator:
                 last = ev.rv
                 if ev.resource == resource and visible(ev.obj):
                     yield {"type": ev.type, "object": copy.deepcopy(ev.obj)}
-            if bookmarks and time.monotonic() >= next_bookmark:
+            if bookmarks and self._delivering.is_set() and time.monotonic() >= next_bookmark:
                 # every event up to `last` has been sent (or was not this watcher's)
                 yield self._bookmark(resource, last)
                 next_bookmark = time.monotonic() + self.bookmark_interval_s
